@@ -378,7 +378,8 @@ _CSS = """
 :root{font-family:system-ui,sans-serif;font-size:14px;color:#111}
 body{margin:1.5em;max-width:1400px}
 h1{font-size:1.5em;margin:0 0 .3em} h2{border-bottom:2px solid #333;margin-top:1.8em}
-table{border-collapse:collapse} td,th{border:1px solid #bbb;padding:2px 6px;text-align:left;vertical-align:top}
+table{border-collapse:collapse}
+td,th{border:1px solid #bbb;padding:2px 6px;text-align:left;vertical-align:top}
 .mono{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
 .item{display:flex;gap:12px;border:1px solid #ccc;border-radius:6px;padding:8px;margin:8px 0}
 .item .q img,.ev img{max-width:160px;max-height:160px;border:1px solid #999}
@@ -387,15 +388,18 @@ table{border-collapse:collapse} td,th{border:1px solid #bbb;padding:2px 6px;text
 .noimg{width:120px;height:80px;background:#eee;display:flex;align-items:center;justify-content:center;
  color:#666;font-size:11px;text-align:center}
 .conf{font-weight:bold} .hi{color:#060} .mid{color:#a60} .lo{color:#a00}
-.stills{font-size:12px} .controls{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ccc}
+.stills{font-size:12px}
+.controls{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ccc}
 [hidden]{display:none!important}
 """
 
 _JS = """
 (function(){
-var r=document.getElementById('minconf'),o=document.getElementById('minconf-val'),s=document.getElementById('shown');
+var r=document.getElementById('minconf'),o=document.getElementById('minconf-val'),
+s=document.getElementById('shown');
 function apply(){var v=parseFloat(r.value);if(isNaN(v))v=0;o.textContent=v.toFixed(2);var n=0;
-document.querySelectorAll('.item[data-conf]').forEach(function(e){var h=parseFloat(e.getAttribute('data-conf'))<v;
+document.querySelectorAll('.item[data-conf]').forEach(function(e){
+var h=parseFloat(e.getAttribute('data-conf'))<v;
 e.hidden=h;if(!h)n++;});s.textContent=String(n);}
 r.addEventListener('input',apply);
 var m=/(?:^#|&)min=([0-9.]+)/.exec(location.hash);if(m){r.value=m[1];}
