@@ -1,0 +1,271 @@
+"""The nearest-neighbour index behind the reference store: exact while that is fast, approximate above.
+
+Vectors are L2-normalised float32 rows, so inner product is cosine similarity. Below `exact_max`
+vectors the index is an exact flat scan (`IndexIDMap2(IndexFlatIP)`); a single query then scans
+n * d * 4 bytes, which at 100k x 512 is ~200 MB, a few tens of ms on one core. Above it the index
+is an IVF-Flat (`IndexIVFFlat`, inner product): it supports adding vectors later and `remove_ids`
+(HNSW supports neither removal nor cheap mmap), and it stores vectors uncompressed, so the only
+approximation is which inverted lists are probed. `nprobe` is tuned at build time: recall@10 against
+exact search is measured on a sample of the indexed vectors used as queries, and nprobe is doubled
+until recall >= `min_recall` (0.99); if no nprobe up to `nlist / 4` reaches it (the lists would no
+longer save much work) the exact index is built instead. The measured recall goes in the
+description dict, which the store writes into its manifest and `index info` prints.
+
+faiss is imported lazily so that importing this module costs nothing until an index is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import faiss
+
+#: Largest index built exact by default. Measured (docs/BENCHMARKS.md): exact single-query search at
+#: 100k x 512 is ~10-20 ms and a batch of 1,000 ~1 s on 2 cores; at 1M it is 10x that, where IVF is
+#: >10x faster at recall@10 >= 0.99.
+DEFAULT_EXACT_MAX = 100_000
+DEFAULT_MIN_RECALL = 0.99
+RECALL_K = 10
+#: Queries used to measure recall at build time (a sample of the indexed vectors).
+DEFAULT_EVAL_QUERIES = 1000
+#: k-means training points per list (faiss warns below 39).
+TRAIN_PER_LIST = 50
+#: Indexes whose file is at least this large are opened memory-mapped by `read_index(mmap=None)`.
+MMAP_MIN_BYTES = 256 * 2**20
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _as_f32(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
+    return vectors
+
+
+def _as_ids(ids: Any, n: int) -> np.ndarray:
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if ids.shape[0] != n:
+        raise ValueError(f"{ids.shape[0]} ids for {n} vectors")
+    return ids
+
+
+def default_nlist(n: int) -> int:
+    """Inverted lists for n vectors: ~sqrt(n) (1M -> 1024), at least 16, and >= 39 points per list."""
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+    return int(max(16, min(nlist, n // 39, 65536)))
+
+
+def exact_index(dim: int) -> faiss.Index:
+    faiss = _faiss()
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, approx_d=None, exact_d=None) -> float:
+    """Mean fraction of the exact top-k found in the approximate top-k.
+
+    With scores given, an approximate hit whose score ties the exact k-th score counts as found, so
+    duplicate vectors (which tie) do not read as misses.
+    """
+    k = exact_ids.shape[1]
+    found = 0
+    for i in range(exact_ids.shape[0]):
+        truth = set(exact_ids[i][exact_ids[i] >= 0].tolist())
+        if not truth:
+            continue
+        hits = len(truth.intersection(approx_ids[i].tolist()))
+        if exact_d is not None and approx_d is not None and hits < len(truth):
+            kth = exact_d[i][min(len(truth), k) - 1]
+            extra = [
+                j
+                for j, s in zip(approx_ids[i], approx_d[i], strict=True)
+                if j >= 0 and j not in truth and s >= kth - 1e-5
+            ]
+            hits = min(len(truth), hits + len(extra))
+        found += hits / len(truth)
+    return found / max(1, exact_ids.shape[0])
+
+
+def _drop_self(d: np.ndarray, i: np.ndarray, self_ids: np.ndarray, k: int):
+    """Remove each row's own id from a (k+1)-wide answer, keeping k columns."""
+    keep = i != self_ids[:, None]
+    # Rows where the query itself was not returned (possible with ties or approximate search): drop
+    # the last column instead.
+    missing = keep.all(axis=1)
+    keep[missing, -1] = False
+    return d[keep].reshape(len(d), k), i[keep].reshape(len(i), k)
+
+
+def _ivf(index: faiss.Index):
+    faiss = _faiss()
+    try:
+        return faiss.extract_index_ivf(index)
+    except Exception:
+        return None
+
+
+def build(
+    vectors: np.ndarray,
+    ids: Any,
+    *,
+    exact_max: int = DEFAULT_EXACT_MAX,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    nlist: int | None = None,
+    eval_queries: int = DEFAULT_EVAL_QUERIES,
+    seed: int = 0,
+) -> tuple[faiss.Index, dict]:
+    """Build the index for `vectors` (n x d, L2-normalised) with int64 `ids`.
+
+    Returns (index, info); `info` is JSON-serialisable: kind ("exact" / "ivf-flat"), ntotal, dim,
+    params (nlist, nprobe), recall_at_10 measured against exact search (1.0 for exact), and
+    build_seconds.
+    """
+    faiss = _faiss()
+    t0 = time.perf_counter()
+    vectors = _as_f32(vectors)
+    n, d = vectors.shape
+    ids = _as_ids(ids, n)
+    if n <= exact_max or n < 2 * 39 * 16:
+        index = exact_index(d)
+        if n:
+            index.add_with_ids(vectors, ids)
+        return index, _info(index, recall=1.0, seconds=time.perf_counter() - t0)
+
+    rng = np.random.default_rng(seed)
+    nlist = nlist or default_nlist(n)
+    quantizer = faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.own_fields = True
+    quantizer.this.disown()
+    ivf.cp.niter = 20
+    n_train = min(n, nlist * TRAIN_PER_LIST)
+    train = vectors if n_train == n else vectors[np.sort(rng.choice(n, n_train, replace=False))]
+    ivf.train(train)
+    del train
+    ivf.add_with_ids(vectors, ids)
+
+    # Measure recall@10 against exact search, leave-one-out: a sample of the indexed vectors are the
+    # queries, and each query's own entry is dropped from both answers, so the sample behaves like
+    # unseen frames of the same shots. nprobe doubles until the recall, less one standard error, is
+    # >= min_recall.
+    q_rows = np.sort(rng.choice(n, min(eval_queries, n), replace=False))
+    queries = vectors[q_rows]
+    k = min(RECALL_K, n - 1)
+    exact_d, exact_rows = faiss.knn(queries, vectors, k + 1, faiss.METRIC_INNER_PRODUCT)
+    exact_d, exact_ids = _drop_self(exact_d, ids[exact_rows], ids[q_rows], k)
+    nprobe, recall = 1, 0.0
+    while nprobe <= max(1, nlist // 4):
+        ivf.nprobe = nprobe
+        approx_d, approx_ids = ivf.search(queries, k + 1)
+        approx_d, approx_ids = _drop_self(approx_d, approx_ids, ids[q_rows], k)
+        recall = recall_at_k(approx_ids, exact_ids, approx_d, exact_d)
+        stderr = math.sqrt(max(recall * (1 - recall), 1e-12) / (len(q_rows) * k))
+        if recall - stderr >= min_recall:
+            return ivf, _info(ivf, recall=recall, seconds=time.perf_counter() - t0)
+        nprobe *= 2
+    # IVF cannot reach the recall target without scanning most of the lists: exact is as fast.
+    index = exact_index(d)
+    index.add_with_ids(vectors, ids)
+    info = _info(index, recall=1.0, seconds=time.perf_counter() - t0)
+    info["note"] = f"ivf recall@10 {recall:.4f} < {min_recall} at nprobe {nprobe // 2}; fell back to exact"
+    return index, info
+
+
+def _info(index: faiss.Index, *, recall: float, seconds: float | None = None) -> dict:
+    ivf = _ivf(index)
+    info: dict[str, Any] = {
+        "kind": "ivf-flat" if ivf is not None else "exact",
+        "ntotal": int(index.ntotal),
+        "dim": int(index.d),
+        "metric": "inner_product",
+        "params": {"nlist": int(ivf.nlist), "nprobe": int(ivf.nprobe)} if ivf is not None else {},
+        f"recall_at_{RECALL_K}": round(float(recall), 4),
+    }
+    if seconds is not None:
+        info["build_seconds"] = round(seconds, 3)
+    return info
+
+
+def describe(index: faiss.Index) -> dict:
+    """Kind and parameters of an opened index (recall is only known from the build-time info)."""
+    info = _info(index, recall=1.0)
+    if info["kind"] != "exact":
+        info.pop(f"recall_at_{RECALL_K}")
+    return info
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (nq x k); missing neighbours have id -1 and score -inf."""
+    queries = _as_f32(queries)
+    k = int(max(1, k))
+    if index.ntotal == 0:
+        return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
+    return index.search(queries, k)
+
+
+def add(index: faiss.Index, vectors: np.ndarray, ids: Any) -> None:
+    """Add vectors to an index opened writable (not memory-mapped). IVF assigns them to trained lists."""
+    vectors = _as_f32(vectors)
+    if len(vectors):
+        index.add_with_ids(vectors, _as_ids(ids, len(vectors)))
+
+
+def remove(index: faiss.Index, ids: Any) -> int:
+    """Remove ids; returns how many vectors were removed."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if not len(ids):
+        return 0
+    return int(index.remove_ids(_faiss().IDSelectorBatch(ids)))
+
+
+def should_rebuild(index: faiss.Index, info: dict | None, *, exact_max: int = DEFAULT_EXACT_MAX) -> bool:
+    """True when the index kind no longer fits its size: an exact index grown past 2x `exact_max`,
+    or an IVF index whose size has changed 4x since it was trained (its lists no longer fit)."""
+    n = int(index.ntotal)
+    if _ivf(index) is None:
+        return n > 2 * exact_max and not (info or {}).get("note")
+    built = int((info or {}).get("ntotal") or n)
+    return n > 4 * built or n * 4 < built
+
+
+def write_index(index: faiss.Index, path: str | os.PathLike) -> None:
+    """Write `index` to `path` (the caller writes to a temporary name and renames, for atomicity)."""
+    _faiss().write_index(index, os.fspath(path))
+
+
+def read_index(path: str | os.PathLike, *, mmap: bool | None = None) -> faiss.Index:
+    """Open an index file. `mmap=None` memory-maps files >= MMAP_MIN_BYTES.
+
+    Memory-mapped indexes are read-only (vectors stay in the page cache, shared and not counted
+    twice); open with mmap=False to add or remove.
+    """
+    faiss = _faiss()
+    path = os.fspath(path)
+    if mmap is None:
+        mmap = Path(path).stat().st_size >= MMAP_MIN_BYTES
+    if mmap:
+        try:
+            return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:
+            try:
+                return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:
+                pass
+    return faiss.read_index(path)
+
+
+def set_threads(n: int | None = None) -> None:
+    """faiss OpenMP threads (default: all cores)."""
+    faiss = _faiss()
+    faiss.omp_set_num_threads(int(n or os.cpu_count() or 1))

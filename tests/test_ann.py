@@ -1,0 +1,106 @@
+"""matcher.ann: exact below the threshold, IVF above it with measured recall, ids, removal, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+from matcher import ann  # noqa: E402
+
+
+def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    """Vectors in tight groups around shared centres, like stills of the same shots."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(4, n // 40), d)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_small_set_is_exact_and_ids_round_trip():
+    x = clustered(500)
+    ids = np.arange(500, dtype=np.int64) * 7 + 1000
+    index, info = ann.build(x, ids)
+    assert info["kind"] == "exact" and info["ntotal"] == 500 and info["recall_at_10"] == 1.0
+    scores, found = ann.search(index, x[[3, 42]], 5)
+    assert found[:, 0].tolist() == [ids[3], ids[42]]
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_empty_index_searches_to_nothing():
+    index, info = ann.build(np.zeros((0, 16), np.float32), [])
+    assert info["kind"] == "exact" and info["ntotal"] == 0
+    scores, found = ann.search(index, np.ones((2, 16), np.float32), 3)
+    assert (found == -1).all() and scores.shape == (2, 3)
+
+
+def test_above_threshold_is_ivf_with_measured_recall(tmp_path):
+    x = clustered(6000)
+    ids = np.arange(6000, dtype=np.int64) * 3 + 5
+    index, info = ann.build(x, ids, exact_max=1000, eval_queries=300)
+    assert info["kind"] == "ivf-flat"
+    assert info["recall_at_10"] >= 0.99
+    assert info["params"]["nlist"] >= 16 and info["params"]["nprobe"] >= 1
+
+    # Held-out queries of the same shots: recall against exact search holds.
+    rng = np.random.default_rng(1)
+    q = x[rng.choice(6000, 200, replace=False)] + 0.05 * rng.standard_normal((200, 64)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact, _ = ann.build(x, ids)
+    de, ie = ann.search(exact, q, 10)
+    da, ia = ann.search(index, q, 10)
+    assert ann.recall_at_k(ia, ie, da, de) >= 0.98
+    assert set(np.unique(ia)) <= set(ids.tolist())
+
+    # Remove and add: approximate indexes must support both.
+    removed = ann.remove(index, ids[:100])
+    assert removed == 100 and index.ntotal == 5900
+    _, found = ann.search(index, x[:5], 10)
+    assert not set(found.ravel().tolist()) & set(ids[:100].tolist())
+    ann.add(index, x[:100], ids[:100])
+    assert index.ntotal == 6000
+    _, found = ann.search(index, x[:5], 1)
+    assert found[:, 0].tolist() == ids[:5].tolist()
+
+    # Files: plain and memory-mapped reads give the same answers and the same description.
+    path = tmp_path / "index.faiss"
+    ann.write_index(index, path)
+    for mmap in (False, True):
+        opened = ann.read_index(path, mmap=mmap)
+        assert ann.describe(opened)["kind"] == "ivf-flat"
+        assert ann.describe(opened)["params"] == ann.describe(index)["params"]
+        assert np.array_equal(ann.search(opened, q[:20], 10)[1], ann.search(index, q[:20], 10)[1])
+
+
+def test_recall_unreachable_falls_back_to_exact():
+    # Uniform noise in 64-d has no cluster structure: IVF needs most lists to reach 0.99.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index, info = ann.build(x, np.arange(4000), exact_max=100, eval_queries=200, min_recall=0.999)
+    assert info["kind"] == "exact" and "fell back" in info["note"]
+    assert index.ntotal == 4000
+
+
+def test_exact_index_remove_and_mmap(tmp_path):
+    x = clustered(300)
+    ids = np.arange(300, dtype=np.int64) + 10
+    index, _ = ann.build(x, ids)
+    assert ann.remove(index, [10, 11, 999]) == 2
+    _, found = ann.search(index, x[:1], 3)
+    assert 10 not in found[0].tolist()
+    path = tmp_path / "exact.faiss"
+    ann.write_index(index, path)
+    opened = ann.read_index(path, mmap=True)
+    assert opened.ntotal == 298
+    assert np.array_equal(ann.search(opened, x[5:8], 4)[1], ann.search(index, x[5:8], 4)[1])
+
+
+def test_recall_counts_ties_as_hits():
+    exact_ids = np.array([[1, 2, 3]])
+    exact_d = np.array([[0.9, 0.8, 0.7]], np.float32)
+    approx_ids = np.array([[1, 2, 4]])  # 4 ties 3's score: a duplicate, not a miss
+    approx_d = np.array([[0.9, 0.8, 0.7]], np.float32)
+    assert ann.recall_at_k(approx_ids, exact_ids, approx_d, exact_d) == 1.0
+    assert ann.recall_at_k(approx_ids, exact_ids) == pytest.approx(2 / 3)
