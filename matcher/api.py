@@ -1,0 +1,354 @@
+"""Matcher: the Python API (the CLI is a thin layer over it).
+
+    from matcher import Matcher
+    m = Matcher.create("index", model="classic")
+    m.add(["refs/show-a/"], title="Show A")
+    result = m.match("leak/cel.png")          # MatchResult
+    for r in m.match_many(paths): ...         # streams, one result per input (video: per still)
+
+Where a frame goes: sources.py decodes it -> embedders/ embed it -> store.py searches it ->
+scoring.py turns neighbours into titles and confidence.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from matcher import calibration
+from matcher.embedders import Embedder, EmbedderError, create_embedder
+from matcher.results import MatchResult
+from matcher.scoring import Calibration, TitleScorer
+from matcher.sources import InputError, Still, iter_stills, to_rgb, walk
+from matcher.store import Reference, ReferenceStore, StoreError
+
+DEFAULT_INDEX = "index"
+BATCH = 32
+
+
+class MatcherError(Exception):
+    """A run-level problem (no index, wrong model, unreadable weights): str() is one line for the user."""
+
+
+def default_index_dir(index: str | os.PathLike | None = None) -> Path:
+    """--index, else $MATCHER_INDEX, else ./index."""
+    return Path(index or os.environ.get("MATCHER_INDEX") or DEFAULT_INDEX)
+
+
+class Matcher:
+    """A reference index plus the embedder it was built with."""
+
+    def __init__(self, store: ReferenceStore, embedder: Embedder, k: int = 64):
+        self.store = store
+        self.embedder = embedder
+        self.k = k
+        self._scorer: TitleScorer | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        index_dir: str | os.PathLike,
+        model: str | Embedder = "classic",
+        pretrained: str | None = None,
+        models_dir: str | os.PathLike | None = None,
+        device: str | None = None,
+    ) -> Matcher:
+        """Create a new, empty index at ``index_dir`` for the given model spec (or embedder)."""
+        embedder = cls._embedder(model, pretrained=pretrained, models_dir=models_dir, device=device)
+        info = {
+            "spec": embedder.spec,
+            "pretrained": embedder.pretrained,
+            "fingerprint": embedder.fingerprint,
+            "dim": embedder.dim,
+        }
+        try:
+            store = ReferenceStore.create(index_dir, info)
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+        return cls(store, embedder)
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | os.PathLike | None = None,
+        pretrained: str | None = None,
+        models_dir: str | os.PathLike | None = None,
+        device: str | None = None,
+    ) -> Matcher:
+        """Open an existing index; queries always use the index's own embedder.
+
+        ``pretrained`` overrides where the weights are (e.g. the checkpoint file moved to another
+        machine); their fingerprint must still match the one the index was built with."""
+        index_dir = default_index_dir(index_dir)
+        try:
+            store = ReferenceStore.open(index_dir)
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+        info = store.manifest["embedder"]
+        embedder = cls._embedder(
+            info["spec"],
+            pretrained=pretrained or info.get("pretrained"),
+            models_dir=models_dir,
+            device=device,
+        )
+        if embedder.fingerprint != info["fingerprint"] or embedder.dim != info["dim"]:
+            raise MatcherError(
+                f"{index_dir}: model mismatch: the index was built with {info['spec']} "
+                f"(weights {info['fingerprint']}, dim {info['dim']}) but the available model is "
+                f"{embedder.spec} (weights {embedder.fingerprint}, dim {embedder.dim}); "
+                f"pass the original weights with --pretrained or rebuild the index"
+            )
+        return cls(store, embedder)
+
+    @classmethod
+    def open_or_create(cls, index_dir, model: str | None = None, **options) -> Matcher:
+        """Open ``index_dir`` if it holds an index (checking ``model`` agrees), else create it."""
+        index_dir = default_index_dir(index_dir)
+        if (index_dir / "manifest.json").exists():
+            m = cls.open(index_dir, **options)
+            if model is not None and not _same_model(model, m.embedder.spec):
+                raise MatcherError(
+                    f"{index_dir}: model mismatch: the index uses {m.embedder.spec}, not {model}; "
+                    f"use a new --index directory for another model"
+                )
+            return m
+        return cls.create(index_dir, model=model or "classic", **options)
+
+    @staticmethod
+    def _embedder(model, **options) -> Embedder:
+        if not isinstance(model, str):
+            return model
+        try:
+            return create_embedder(model, **options)
+        except EmbedderError as exc:
+            raise MatcherError(str(exc)) from None
+
+    # ------------------------------------------------------------------ indexing
+    def add(
+        self,
+        items: Iterable[str | os.PathLike | Image.Image],
+        title: str,
+        episode: str | None = None,
+        every: float = 1.0,
+        names: Sequence[str] | None = None,
+        on_error=None,
+        seed: int = 0,
+    ) -> int:
+        """Add reference stills of one title: image files, directories (recursive), videos (a still
+        every ``every`` seconds) or PIL images (``names`` labels them as evidence). Appends to the
+        index, recalibrates, and saves atomically. Returns the number of stills added.
+
+        Unreadable inputs are reported to ``on_error(InputError)`` and skipped; without a callback the
+        first one raises."""
+        if not title or not title.strip():
+            raise MatcherError("a title is required")
+        rng = np.random.default_rng(seed + self.store.count)
+        added = 0
+        probe_images: list[tuple[Image.Image, int]] = []
+        # Reservoir-sample probe stills so that a long video does not need to be held in memory.
+        seen_for_probes = 0
+        batch: list[Still] = []
+
+        def flush():
+            nonlocal added, seen_for_probes
+            if not batch:
+                return
+            vecs = self.embedder.embed([s.image for s in batch])
+            refs = [Reference(title, _source(s.path), s.sha256, s.timestamp, episode) for s in batch]
+            ids = self.store.add(vecs, refs)
+            for s, rid in zip(batch, ids):
+                seen_for_probes += 1
+                if len(probe_images) < calibration.PROBES_PER_TITLE:
+                    probe_images.append((s.image, int(rid)))
+                else:
+                    j = int(rng.integers(0, seen_for_probes))
+                    if j < calibration.PROBES_PER_TITLE:
+                        probe_images[j] = (s.image, int(rid))
+            added += len(batch)
+            batch.clear()
+
+        for still in self._stills(items, every=every, names=names, on_error=on_error):
+            batch.append(still)
+            if len(batch) >= BATCH:
+                flush()
+        flush()
+        if added:
+            self._add_probes(title, probe_images, rng)
+            self.recalibrate()
+        return added
+
+    def _add_probes(self, title: str, probe_images, rng) -> None:
+        imgs = [calibration.make_probe(im, rng) for im, _ in probe_images]
+        vecs = self.embedder.embed(imgs)
+        p = self.store.probes
+        keep_old = p["titles"] == title
+        old_n = int(keep_old.sum())
+        # Keep at most PROBES_PER_TITLE per title, mixing old and new in proportion.
+        room_old = max(0, calibration.PROBES_PER_TITLE - len(imgs)) if old_n else 0
+        old_idx = np.flatnonzero(keep_old)[:room_old]
+        others = np.flatnonzero(~keep_old)
+        sel = np.concatenate([others, old_idx])
+        self.store.set_probes(
+            np.concatenate([p["vectors"][sel], vecs]),
+            np.concatenate([p["ref_ids"][sel], [rid for _, rid in probe_images]]),
+            np.concatenate([p["titles"][sel].astype(str), np.array([title] * len(imgs))]),
+        )
+
+    def recalibrate(self) -> Calibration:
+        """Refit the scorer on the index's probes and save the index (atomic)."""
+        cal = calibration.fit(self.store, k=self.k)
+        self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
+        self._scorer = None
+        return cal
+
+    def remove(self, title: str) -> int:
+        """Remove every still of a title; recalibrates and saves. Returns how many were removed."""
+        n = self.store.remove_title(title)
+        if n:
+            self.recalibrate()
+        return n
+
+    # ------------------------------------------------------------------ matching
+    @property
+    def scorer(self) -> TitleScorer:
+        if self._scorer is None:
+            cal = Calibration.from_dict(self.store.manifest.get("calibration"))
+            self._scorer = TitleScorer(cal, list(self.store.titles()), k=self.k)
+        return self._scorer
+
+    def match(
+        self, item: str | os.PathLike | Image.Image, min_confidence: float | None = None
+    ) -> MatchResult:
+        """Match one image file or PIL image. (For a video file, the first still; use match_many
+        to get every sampled still.) Bad input gives a MatchResult with ``error`` set."""
+        for result in self.match_many([item], min_confidence=min_confidence):
+            return result
+        return MatchResult.failed(str(item), "no stills could be read")
+
+    def match_many(
+        self,
+        items: Iterable[str | os.PathLike | Image.Image],
+        min_confidence: float | None = None,
+        every: float = 1.0,
+    ) -> Iterator[MatchResult]:
+        """Stream results: one per image, one per sampled still of a video, one error result per
+        unreadable input. Directories are walked recursively. Embedding is batched."""
+        batch: list[Still] = []
+        for entry in self._stills(items, every=every, errors_as_results=True):
+            if isinstance(entry, MatchResult):
+                yield from self._match_batch(batch, min_confidence)
+                batch.clear()
+                yield entry
+                continue
+            batch.append(entry)
+            if len(batch) >= BATCH:
+                yield from self._match_batch(batch, min_confidence)
+                batch.clear()
+        yield from self._match_batch(batch, min_confidence)
+
+    def match_vectors(self, vectors: np.ndarray, min_confidence: float | None = None) -> list[MatchResult]:
+        """Score already-embedded queries (for pipelines that embed elsewhere)."""
+        return self._score(vectors, [None] * len(vectors), min_confidence)
+
+    def _match_batch(self, stills: list[Still], min_confidence) -> list[MatchResult]:
+        if not stills:
+            return []
+        vecs = self.embedder.embed([s.image for s in stills])
+        return self._score(vecs, stills, min_confidence)
+
+    def _score(self, vecs: np.ndarray, stills, min_confidence) -> list[MatchResult]:
+        sims, ids = self.store.search(vecs, self.k)
+        refs = self.store.references(np.unique(ids[ids >= 0]))
+        out = []
+        for row, still in enumerate(stills):
+            titles = np.array([refs[i].title if i in refs else "" for i in ids[row]], dtype=object)
+            ranking = self.scorer.rank(sims[row], titles, ids[row])
+            title, conf, cands = self.scorer.score(ranking, threshold=min_confidence)
+            out.append(
+                MatchResult(
+                    path=still.path if still else None,
+                    sha256=still.sha256 if still else None,
+                    title=title,
+                    confidence=conf,
+                    candidates=cands,
+                    evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
+                    timestamp=still.timestamp if still else None,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ inputs
+    def _stills(self, items, every: float, names=None, on_error=None, errors_as_results=False):
+        for n, item in enumerate(items):
+            if isinstance(item, Image.Image):
+                label = names[n] if names is not None else f"<image {n}>"
+                try:
+                    yield Still(to_rgb(item, label), label, None)
+                except InputError as exc:
+                    yield from self._fail(exc, on_error, errors_as_results)
+                continue
+            try:
+                files = list(walk([item]))
+            except InputError as exc:
+                yield from self._fail(exc, on_error, errors_as_results)
+                continue
+            for path in files:
+                try:
+                    yield from iter_stills(path, every=every)
+                except InputError as exc:
+                    yield from self._fail(exc, on_error, errors_as_results)
+
+    @staticmethod
+    def _fail(exc: InputError, on_error, as_result: bool):
+        if as_result:
+            yield MatchResult.failed(exc.path, exc.reason)
+        elif on_error is not None:
+            on_error(exc)
+        else:
+            raise exc
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict:
+        m = self.store.manifest
+        cal = m.get("calibration") or {}
+        return {
+            "index": str(self.store.root),
+            "model": m["embedder"]["spec"],
+            "pretrained": m["embedder"].get("pretrained"),
+            "fingerprint": m["embedder"]["fingerprint"],
+            "dim": m["dim"],
+            "references": self.store.count,
+            "titles": self.store.titles(),
+            "search": m.get("search", {}),
+            "threshold": m.get("threshold"),
+            "calibrated": bool(cal.get("fitted")),
+            "size_bytes": self.store.size_on_disk(),
+            "format_version": m["format_version"],
+            "generation": m["generation"],
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Matcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _same_model(requested: str, recorded: str) -> bool:
+    if requested == recorded:
+        return True
+    return requested == "clip" and recorded == "clip:ViT-B-32"
+
+
+def _source(path: str) -> str:
+    """How a reference's origin is recorded: absolute for files (evidence must be traceable from any
+    working directory), as given for in-memory images."""
+    return path if path.startswith("<") or not os.path.exists(path) else os.path.abspath(path)

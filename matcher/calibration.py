@@ -1,0 +1,136 @@
+"""The index calibrates itself: pseudo-queries made from its own references fit the TitleScorer.
+
+A probe is a reference still, altered the way leaked copies are (crop, re-encode, grey, mirror, shrink,
+blur). Probes are embedded once at `add` time and kept in the index, so later appends and removals can
+refit without the original images. Two searches per probe give the training data:
+- known:   the probe's own still is excluded; is the top title still the probe's title?
+- unknown: the probe's whole title is excluded; whatever wins is wrong (a production not in the index).
+From these: per-title background statistics (imbalance correction), the logistic confidence model,
+and the "unknown" threshold.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from matcher.scoring import Calibration, TitleScorer
+
+PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to refit
+MAX_FALSE_ATTRIBUTION = 0.05  # the default threshold keeps unknown probes below this rate
+
+
+def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    f = rng.uniform(0.6, 0.85)
+    cw, ch = max(1, int(w * f)), max(1, int(h * f))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return im.crop((x, y, x + cw, y + ch))
+
+
+def _jpeg(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=int(rng.integers(20, 60)))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _shrink(im: Image.Image, rng: np.random.Generator) -> Image.Image:
+    f = rng.uniform(0.25, 0.5)
+    return im.resize((max(8, int(im.width * f)), max(8, int(im.height * f))), Image.Resampling.BILINEAR)
+
+
+AUGMENTATIONS: list[Callable[[Image.Image, np.random.Generator], Image.Image]] = [
+    _crop,
+    _jpeg,
+    lambda im, rng: ImageOps.grayscale(im).convert("RGB"),
+    lambda im, rng: ImageOps.mirror(im),
+    _shrink,
+    lambda im, rng: im.filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.5))),
+]
+
+
+def make_probe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One altered copy of a reference still: two random alterations from AUGMENTATIONS."""
+    for j in rng.choice(len(AUGMENTATIONS), size=2, replace=False):
+        image = AUGMENTATIONS[int(j)](image, rng)
+    return image
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300) -> np.ndarray:
+    """Weighted logistic regression by Newton steps, weights of the features kept >= 0 (monotone)."""
+    X = np.column_stack([x, np.ones(len(x))])
+    beta = np.array([1.0, 1.0, 0.0])
+    ridge = 1e-3 * np.eye(3)
+    ridge[2, 2] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(X @ beta, -40, 40)))
+        grad = X.T @ (w * (p - y)) + ridge @ beta
+        hess = (X * (w * p * (1 - p))[:, None]).T @ X + ridge + 1e-9 * np.eye(3)
+        step = np.linalg.solve(hess, grad)
+        beta = beta - step
+        beta[:2] = np.maximum(beta[:2], 0.0)
+        if np.abs(step).max() < 1e-7:
+            break
+    return beta
+
+
+def fit(store, k: int = 64) -> Calibration:
+    """Fit a Calibration from the probes stored in the index."""
+    probes = store.probes
+    titles = sorted(store.titles())
+    n = len(probes["titles"])
+    if n == 0 or len(titles) < 2:
+        return Calibration(probes=n)
+    qv, qids, qtitles = probes["vectors"], probes["ref_ids"], probes["titles"]
+
+    # 1. Background stats: each title's best similarity to probes of the other titles.
+    cal = Calibration(probes=n)
+    pooled = []
+    for t in titles:
+        others = qtitles != t
+        if not others.any():
+            continue
+        sims, _ = store.search(qv[others], 1, only_ids=store.ids_of_title(t))
+        s = sims[:, 0][sims[:, 0] > -1e30]
+        if len(s) == 0:
+            continue
+        cal.mu[t], cal.sigma[t], cal.n[t] = float(s.mean()), float(max(s.std(), 1e-3)), int(len(s))
+        pooled.append(s)
+    if pooled:
+        allv = np.concatenate(pooled)
+        cal.global_mu, cal.global_sigma = float(allv.mean()), float(max(allv.std(), 1e-3))
+    scorer = TitleScorer(cal, titles, k=k)
+
+    # 2. Features of known and unknown pseudo-queries.
+    feats, labels, kinds = [], [], []
+    for i in range(n):
+        q = qv[i : i + 1]
+        for kind, exclude in (("known", np.array([qids[i]])), ("unknown", store.ids_of_title(qtitles[i]))):
+            sims, ids = store.search(q, k, exclude_ids=exclude)
+            r = scorer.rank(sims[0], store.title_array(ids[0]), ids[0])
+            if not r.titles:
+                continue
+            feats.append((r.z_top, r.margin))
+            labels.append(1.0 if (kind == "known" and r.titles[0] == qtitles[i]) else 0.0)
+            kinds.append(kind)
+    x, y, kinds = np.array(feats), np.array(labels), np.array(kinds)
+    if len(np.unique(y)) < 2:
+        cal.fitted = False
+        return cal
+    # Known and unknown probes weigh the same in total: we do not know a dump's share of unknowns.
+    w = np.where(
+        kinds == "known", 0.5 / max((kinds == "known").sum(), 1), 0.5 / max((kinds == "unknown").sum(), 1)
+    )
+    beta = _fit_logistic(x, y, w * len(w))
+    cal.weights = (float(beta[0]), float(beta[1]), float(beta[2]))
+    cal.fitted = True
+    # 3. Threshold: at least 0.5 (more likely right than wrong), raised until at most 5% of the
+    #    unknown probes would be attributed to a title.
+    p_unknown = cal.probability(x[kinds == "unknown", 0], x[kinds == "unknown", 1])
+    q = float(np.quantile(p_unknown, 1 - MAX_FALSE_ATTRIBUTION)) if len(p_unknown) else 0.5
+    cal.threshold = float(min(max(0.5, q + 1e-6), 0.99))
+    return cal

@@ -1,0 +1,89 @@
+"""The embedder registry: one entry point turns a model spec string into an embedder.
+
+Every embedder has the same small interface (see `Embedder`): `spec`, `dim`, `fingerprint` and
+`embed(images) -> float32 (n, dim)` with L2-normalised rows. Specs:
+
+- ``classic``        weights-free pixel descriptor (numpy + Pillow only; never imports torch)
+- ``clip``           ``clip:ViT-B-32`` with the ``laion2b_s34b_b79k`` weights
+- ``clip:ARCH``      any open_clip architecture; weights from ``pretrained`` (an open_clip tag, fetched
+                     once into the models dir, or a local checkpoint file for air-gapped machines)
+
+New families plug in with `register_embedder` (the benchmark registers its peer descriptors this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EmbedderError(Exception):
+    """A model spec cannot be turned into an embedder (unknown spec, weights missing or unreadable)."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    spec: str  # canonical spec string, recorded in the index manifest
+    dim: int
+    fingerprint: str  # identifies the exact weights/algorithm version; recorded and checked on open
+    pretrained: str | None  # weights the embedder was built with (None for weights-free ones)
+
+    def embed(self, images: Sequence) -> np.ndarray:
+        """Embed PIL images into a float32 array of shape (len(images), dim), rows L2-normalised."""
+        ...
+
+
+Factory = Callable[..., Embedder]
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register_embedder(family: str, factory: Factory) -> None:
+    """Make ``family`` and ``family:VARIANT`` specs resolve to ``factory(variant, **options)``."""
+    _FACTORIES[family] = factory
+
+
+def _classic(variant: str | None, **_options) -> Embedder:
+    from matcher.embedders.classic import ClassicEmbedder
+
+    if variant:
+        raise EmbedderError(f"unknown classic variant {variant!r}: use 'classic'")
+    return ClassicEmbedder()
+
+
+def _clip(variant: str | None, pretrained: str | None = None, models_dir=None, device=None, **_o) -> Embedder:
+    from matcher.embedders.clip import DEFAULT_ARCH, DEFAULT_PRETRAINED, ClipEmbedder
+
+    arch = variant or DEFAULT_ARCH
+    if pretrained is None and arch == DEFAULT_ARCH:
+        pretrained = DEFAULT_PRETRAINED
+    return ClipEmbedder(arch, pretrained=pretrained, models_dir=models_dir, device=device)
+
+
+register_embedder("classic", _classic)
+register_embedder("clip", _clip)
+
+
+def create_embedder(spec: str, **options) -> Embedder:
+    """Turn a model spec (``classic``, ``clip``, ``clip:ViT-L-14`` ...) into a ready embedder.
+
+    Options are passed to the family's factory: for clip, ``pretrained`` (tag or checkpoint file),
+    ``models_dir`` (weights cache) and ``device``.
+    """
+    family, _, variant = spec.strip().partition(":")
+    factory = _FACTORIES.get(family)
+    if factory is None:
+        known = ", ".join(sorted(_FACTORIES))
+        raise EmbedderError(f"unknown model spec {spec!r} (known families: {known})")
+    return factory(variant or None, **options)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; all-zero rows stay zero instead of turning into NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+__all__ = ["Embedder", "EmbedderError", "create_embedder", "register_embedder", "l2_normalise"]

@@ -1,0 +1,186 @@
+"""`clip:ARCH`: open_clip image towers as embedders.
+
+Weights come from ``pretrained``: either an open_clip tag (fetched once into the models dir, then read
+from there) or a local checkpoint file, which is how air-gapped machines use real weights. Both paths
+end in the same place: a checkpoint file on disk, loaded by open_clip and fingerprinted by its sha256.
+
+Architectures are data, as in open_clip: any ``*.json`` model config dropped into the models dir is
+registered with open_clip, so a custom or distilled architecture needs no code change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from matcher.embedders import EmbedderError
+
+DEFAULT_ARCH = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def resolve_models_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where weights live: the argument, else $MATCHER_MODELS, else ./models."""
+    return Path(override or os.environ.get("MATCHER_MODELS") or "models").expanduser()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_fingerprint(path: Path) -> str:
+    """sha256 of a checkpoint, cached beside it by (size, mtime) so that opening an index stays fast."""
+    st = path.stat()
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    sidecar = path.with_name(path.name + ".sha256.json")
+    try:
+        cached = json.loads(sidecar.read_text())
+        if cached.get("key") == key:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = file_sha256(path)
+    try:
+        sidecar.write_text(json.dumps({"key": key, "sha256": digest}))
+    except OSError:
+        pass  # read-only weights directory: fingerprint is recomputed next time, still correct
+    return digest
+
+
+def _how_to_provide(arch: str, pretrained: str, where: Path) -> str:
+    return (
+        f"cannot obtain weights {pretrained!r} for clip:{arch}. Provide them offline: download the "
+        f"checkpoint on a connected machine and pass it with --pretrained /path/to/file.bin (or .pt/"
+        f".safetensors), or copy the open_clip cache into {where} (env MATCHER_MODELS). "
+        f"The weights-free '--model classic' works with no download at all."
+    )
+
+
+def _register_model_configs(where: Path) -> None:
+    import open_clip
+
+    if where.is_dir() and any(where.glob("*.json")):
+        open_clip.add_model_config(where)
+
+
+def _cached_checkpoint(cfg: dict, where: Path) -> Path | None:
+    """A tag's checkpoint already in the models dir, found without touching the network."""
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo or not where.is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    parts = repo.split("/")  # "org/name" or "org/name/filename"
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    for name in names:
+        hit = try_to_load_from_cache(repo_id, name, cache_dir=str(where))
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def resolve_weights(arch: str, pretrained: str, where: Path) -> tuple[Path, dict]:
+    """Turn a tag or a file into a local checkpoint path (+ the tag's preprocessing config)."""
+    import open_clip
+
+    candidate = Path(pretrained).expanduser()
+    if candidate.is_file():
+        return candidate, {}
+    if os.sep in pretrained or candidate.suffix in {".pt", ".bin", ".pth", ".safetensors"}:
+        raise EmbedderError(f"{pretrained}: checkpoint file not found")
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise EmbedderError(f"unknown pretrained tag {pretrained!r} for clip:{arch} (known tags: {tags})")
+    cached = _cached_checkpoint(cfg, where)
+    if cached is not None:
+        return cached, cfg
+    if os.environ.get("MATCHER_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        raise EmbedderError(_how_to_provide(arch, pretrained, where))
+    where.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # one clear error, not retry noise
+    try:
+        local = open_clip.download_pretrained(cfg, cache_dir=str(where))
+    except Exception as exc:  # network errors come in many types (requests, hf_hub, urllib)
+        raise EmbedderError(_how_to_provide(arch, pretrained, where)) from exc
+    if not local or not Path(local).is_file():
+        raise EmbedderError(_how_to_provide(arch, pretrained, where))
+    return Path(local), cfg
+
+
+def pick_device(requested: str | None = None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class ClipEmbedder:
+    """An open_clip image tower; embeddings are the L2-normalised image features."""
+
+    def __init__(self, arch: str, pretrained: str | None, models_dir=None, device: str | None = None):
+        import open_clip
+        import torch
+
+        where = resolve_models_dir(models_dir)
+        _register_model_configs(where)
+        if arch not in open_clip.list_models():
+            raise EmbedderError(
+                f"unknown open_clip architecture {arch!r}; add its JSON config to {where} or pick one of "
+                f"open_clip.list_models()"
+            )
+        if not pretrained:
+            raise EmbedderError(_how_to_provide(arch, "(none given)", where))
+        checkpoint, cfg = resolve_weights(arch, pretrained, where)
+        self.device = pick_device(device)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch,
+                pretrained=str(checkpoint),
+                device=self.device,
+                image_mean=cfg.get("mean"),  # a tag's own normalisation; a bare file uses the default
+                image_std=cfg.get("std"),
+            )
+        except Exception as exc:  # corrupt file, wrong architecture, truncated download
+            raise EmbedderError(f"{checkpoint}: cannot load as clip:{arch} weights ({exc})") from exc
+        model.eval()
+        if self.device == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self._torch = torch
+        self.model = model
+        self.preprocess = preprocess
+        self.arch = arch
+        self.spec = f"clip:{arch}"
+        self.pretrained = pretrained if not Path(pretrained).expanduser().is_file() else str(checkpoint)
+        self.fingerprint = weights_fingerprint(checkpoint)[:16]
+        self.dim = int(model.visual.output_dim)
+
+    def prepare(self, image):
+        """Decode-side work: the model's own resize/crop/normalise, as a CHW float tensor."""
+        return self.preprocess(image.convert("RGB"))
+
+    def embed(self, images: Sequence) -> np.ndarray:
+        torch = self._torch
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = torch.stack([im if isinstance(im, torch.Tensor) else self.prepare(im) for im in images])
+        with torch.inference_mode():
+            feats = self.model.encode_image(batch.to(self.device))
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)

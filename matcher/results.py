@@ -1,0 +1,88 @@
+"""What a match returns: plain dataclasses that serialise to the `match --json` schema.
+
+The JSON field names are a public contract (see README): fields may be added, never renamed or dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One reference still that supports a title: the neighbour the decision rests on."""
+
+    title: str
+    reference: str  # source path of the reference still, as recorded when it was indexed
+    similarity: float  # cosine similarity between the query and this still (-1..1)
+    timestamp: float | None = None  # seconds into the reference video, None for still images
+    episode: str | None = None
+
+
+@dataclass(frozen=True)
+class TitleScore:
+    """A candidate title and its calibrated score (probability that this title is the right one)."""
+
+    title: str
+    score: float
+
+
+@dataclass
+class MatchResult:
+    """The answer for one input (a file, a PIL image, or one still of a video).
+
+    `title` is None when nothing in the index fits well enough ("unknown"); `confidence` is then the
+    probability the best candidate would have been right. `error` carries a one-line reason when the
+    input could not be read; the other fields are then empty.
+    """
+
+    path: str | None
+    sha256: str | None
+    title: str | None
+    confidence: float
+    candidates: list[TitleScore] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    error: str | None = None
+    timestamp: float | None = None  # seconds into the query video, for stills sampled from a video
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def status(self) -> str:
+        """`matched`, `unknown` or `error` (batch reports add `skipped` for files that are not media)."""
+        if self.error is not None:
+            return "error"
+        return "matched" if self.title is not None else "unknown"
+
+    def to_dict(self) -> dict:
+        """The `match --json` object for this result."""
+        out = {
+            "path": self.path,
+            "sha256": self.sha256,
+            "title": self.title,
+            "confidence": round(float(self.confidence), 6),
+            "candidates": [{"title": c.title, "score": round(float(c.score), 6)} for c in self.candidates],
+            "evidence": [
+                {
+                    "title": e.title,
+                    "reference": e.reference,
+                    "similarity": round(float(e.similarity), 6),
+                    "timestamp": e.timestamp,
+                }
+                | ({"episode": e.episode} if e.episode is not None else {})
+                for e in self.evidence
+            ],
+            "error": self.error,
+        }
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        return out
+
+    @classmethod
+    def failed(cls, path: str | None, reason: str, sha256: str | None = None) -> MatchResult:
+        return cls(path=path, sha256=sha256, title=None, confidence=0.0, error=reason)
+
+
+__all__ = ["Evidence", "TitleScore", "MatchResult", "asdict"]

@@ -1,0 +1,145 @@
+"""TitleScorer: from a query's nearest reference stills to ranked titles, a calibrated confidence, or unknown.
+
+1. Per title, its best still's similarity ``s_t`` (the max, never a vote count: a title with 5,000
+   stills must not win by numbers).
+2. Imbalance correction: ``z_t = (s_t - mu_t) / sigma_t``, where mu_t/sigma_t describe how similar title
+   t's best still is to queries that are NOT from t (its "background" spread). A big title has many
+   stills, so by chance one of them lies close to any query: its mu_t is higher, and that is taken off.
+   This is the score normalisation copy-detection systems use, estimated per title.
+3. Confidence: a logistic model of (z_top, z_top - z_second), fitted by the index itself on pseudo-queries
+   (see calibration.py), with non-negative weights so that confidence never falls when the evidence
+   grows. The title is reported when confidence >= the index's threshold, else "unknown".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from matcher.results import Evidence, TitleScore
+
+_SHRINK = 8.0  # pseudo-count pulling a title's stats towards the global ones when it has few probes
+
+
+@dataclass
+class Calibration:
+    """Everything the scorer learned from the index's own references; stored in the manifest."""
+
+    mu: dict[str, float] = field(default_factory=dict)  # per-title background mean of best similarity
+    sigma: dict[str, float] = field(default_factory=dict)  # ... and its spread
+    n: dict[str, int] = field(default_factory=dict)  # probes behind each title's stats
+    global_mu: float = 0.0
+    global_sigma: float = 0.1
+    weights: tuple[float, float, float] = (1.5, 1.5, -4.0)  # (z_top, margin, bias) -> logit
+    threshold: float = 0.5
+    fitted: bool = False  # False: too little data (e.g. one title), the prior above is used
+    probes: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weights"] = list(self.weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Calibration:
+        if not d:
+            return cls()
+        d = dict(d)
+        d["weights"] = tuple(d.get("weights", cls.weights))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def stats(self, title: str) -> tuple[float, float]:
+        """Shrunk (mu, sigma) for a title; unseen titles get the global stats."""
+        n = self.n.get(title, 0)
+        if n == 0:
+            return self.global_mu, self.global_sigma
+        w = n / (n + _SHRINK)
+        mu = w * self.mu[title] + (1 - w) * self.global_mu
+        var = w * self.sigma[title] ** 2 + (1 - w) * self.global_sigma**2
+        return mu, max(math.sqrt(var), 1e-3)
+
+    def probability(self, z_top: float | np.ndarray, margin: float | np.ndarray):
+        a, b, c = self.weights
+        logit = a * np.asarray(z_top) + b * np.asarray(margin) + c
+        return 1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))
+
+
+@dataclass
+class Ranking:
+    """Intermediate result of scoring one query, exposed for calibration and the benchmark."""
+
+    titles: list[str]  # candidate titles, best first
+    z: np.ndarray  # normalised score per candidate
+    best: dict[str, tuple[float, int]]  # title -> (best similarity, reference id)
+    z_top: float
+    margin: float
+
+
+class TitleScorer:
+    """Turns one query's neighbour list into ranked titles with calibrated confidence."""
+
+    def __init__(self, calibration: Calibration, all_titles: list[str], k: int = 64):
+        self.calibration = calibration
+        self.all_titles = list(all_titles)
+        self.k = k
+
+    def rank(self, sims: np.ndarray, titles: np.ndarray, ids: np.ndarray) -> Ranking:
+        best: dict[str, tuple[float, int]] = {}
+        for s, t, i in zip(sims, titles, ids):
+            if i < 0 or not t:
+                continue
+            if t not in best or s > best[t][0]:
+                best[t] = (float(s), int(i))
+        valid = sims[ids >= 0]
+        floor = float(valid.min()) if len(valid) else -1.0  # absent titles are at most this similar
+        cal = self.calibration
+        zs = {}
+        for t in self.all_titles:
+            s = best[t][0] if t in best else floor
+            mu, sigma = cal.stats(t)
+            zs[t] = (s - mu) / sigma
+        present = sorted(best, key=lambda t: -zs[t])
+        z_present = np.array([zs[t] for t in present], dtype=np.float64)
+        if not present:
+            return Ranking([], z_present, best, -10.0, 0.0)
+        z_top = float(z_present[0])
+        others = [zs[t] for t in self.all_titles if t != present[0]]
+        margin = z_top - max(others) if others else z_top
+        return Ranking(present, z_present, best, z_top, float(margin))
+
+    def score(self, ranking: Ranking, threshold: float | None = None, max_candidates: int = 5):
+        """(title or None, confidence, candidates) for a ranking."""
+        cal = self.calibration
+        threshold = cal.threshold if threshold is None else threshold
+        if not ranking.titles:
+            return None, 0.0, []
+        candidates = []
+        for j, t in enumerate(ranking.titles[:max_candidates]):
+            rivals = [zz for tt, zz in zip(ranking.titles, ranking.z) if tt != t]
+            # Titles absent from the neighbours still compete: their bound is below every present z.
+            rival = max(rivals) if rivals else ranking.z_top - ranking.margin
+            if j == 0:
+                rival = ranking.z_top - ranking.margin
+            p = float(cal.probability(ranking.z[j], ranking.z[j] - rival))
+            candidates.append(TitleScore(t, p))
+        confidence = candidates[0].score
+        title = ranking.titles[0] if confidence >= threshold else None
+        return title, confidence, candidates
+
+    @staticmethod
+    def evidence(ranking: Ranking, sims, ids, refs: dict, per_title: int = 3, titles: int = 3) -> list:
+        """The reference stills behind the top titles, most similar first."""
+        out = []
+        wanted = ranking.titles[:titles]
+        counts = dict.fromkeys(wanted, 0)
+        for s, i in sorted(zip(sims, ids), key=lambda x: -x[0]):
+            ref = refs.get(int(i))
+            if ref is None or ref.title not in counts or counts[ref.title] >= per_title:
+                continue
+            counts[ref.title] += 1
+            out.append(Evidence(ref.title, ref.source, float(s), ref.timestamp, ref.episode))
+        order = {t: n for n, t in enumerate(wanted)}
+        out.sort(key=lambda e: (order[e.title], -e.similarity))
+        return out

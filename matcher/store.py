@@ -1,0 +1,369 @@
+"""ReferenceStore: the reference library on disk. FAISS holds the vectors, SQLite the metadata.
+
+Layout of an index directory::
+
+    manifest.json            the commit point: format, embedder, dim, generation, calibration, threshold
+    metadata.sqlite          one row per reference still (title, episode, source, sha256, timestamp)
+    vectors-<gen>.faiss      FAISS index, ids = SQLite row ids
+    probes-<gen>.npz         pseudo-query vectors the scorer calibrates on (see scoring.py)
+
+Saves are atomic: a new generation's files are written under new names, then `manifest.json` is
+replaced in one rename. SQLite rows carry the generation that added/removed them, so a crash at any
+point leaves the previous generation intact and the half-written rows are ignored (and purged on the
+next open). No pickle anywhere: an index may travel between investigators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATABASE = "metadata.sqlite"
+
+
+class StoreError(Exception):
+    """The index directory is missing, corrupt, or incompatible; str() is a one-line reason."""
+
+
+@dataclass
+class Reference:
+    """Metadata of one reference still."""
+
+    title: str
+    source: str
+    sha256: str | None = None
+    timestamp: float | None = None
+    episode: str | None = None
+    id: int | None = None
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS refs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL,
+    episode TEXT,
+    source TEXT NOT NULL,
+    sha256 TEXT,
+    timestamp REAL,
+    added_gen INTEGER NOT NULL,
+    removed_gen INTEGER
+);
+CREATE INDEX IF NOT EXISTS refs_title ON refs(title);
+"""
+
+
+class ReferenceStore:
+    """Reference stills of known productions: vectors for search, metadata for evidence."""
+
+    def __init__(self, root: Path, manifest: dict, index, db: sqlite3.Connection, probes: dict):
+        self.root = root
+        self.manifest = manifest
+        self.index = index
+        self.db = db
+        self.probes = probes  # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str}
+        self._dirty = False
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, root: str | os.PathLike, embedder: dict) -> ReferenceStore:
+        """A new empty store; ``embedder`` is {spec, pretrained, fingerprint, dim}."""
+        import faiss
+
+        root = Path(root)
+        if (root / MANIFEST).exists():
+            raise StoreError(f"{root}: an index already exists here")
+        root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "embedder": dict(embedder),
+            "dim": int(embedder["dim"]),
+            "generation": 0,
+            "count": 0,
+            "vectors": None,
+            "probes": None,
+            "search": {"kind": "exact"},
+            "calibration": None,
+            "threshold": None,
+        }
+        db = cls._connect(root)
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(manifest["dim"]))
+        store = cls(root, manifest, index, db, _empty_probes(manifest["dim"]))
+        store._dirty = True
+        store.save()
+        return store
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> ReferenceStore:
+        import faiss
+
+        root = Path(root)
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise StoreError(
+                f"{root}: no index here (missing {MANIFEST}); build one with 'matcher index add'"
+            )
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{mpath}: corrupt manifest ({exc})") from None
+        if not isinstance(manifest, dict) or "format_version" not in manifest:
+            raise StoreError(f"{mpath}: not a matcher index manifest")
+        if manifest["format_version"] != FORMAT_VERSION:
+            raise StoreError(
+                f"{root}: index format {manifest['format_version']} is not supported by this version "
+                f"(reads format {FORMAT_VERSION})"
+            )
+        dim = int(manifest["dim"])
+        if manifest.get("vectors"):
+            vpath = root / manifest["vectors"]
+            try:
+                index = faiss.read_index(str(vpath))
+            except Exception as exc:
+                raise StoreError(f"{vpath}: corrupt or missing vector file ({exc})") from None
+            if index.d != dim or index.ntotal != manifest["count"]:
+                raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
+        else:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        probes = _empty_probes(dim)
+        if manifest.get("probes"):
+            ppath = root / manifest["probes"]
+            try:
+                with np.load(ppath, allow_pickle=False) as z:
+                    probes = {k: z[k] for k in ("vectors", "ref_ids", "titles")}
+            except Exception as exc:
+                raise StoreError(f"{ppath}: corrupt calibration probes ({exc})") from None
+        try:
+            db = cls._connect(root)
+            db.execute("SELECT count(*) FROM refs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{root / DATABASE}: corrupt metadata database ({exc})") from None
+        store = cls(root, manifest, index, db, probes)
+        store._recover()
+        return store
+
+    @staticmethod
+    def _connect(root: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(root / DATABASE)
+        db.executescript(_SCHEMA)
+        return db
+
+    def _recover(self) -> None:
+        """Undo what a crashed save left behind; finish clean-up a completed save left for later."""
+        gen = self.manifest["generation"]
+        try:
+            with self.db:
+                self.db.execute("DELETE FROM refs WHERE added_gen > ?", (gen,))
+                self.db.execute("UPDATE refs SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
+                self.db.execute("DELETE FROM refs WHERE removed_gen <= ?", (gen,))
+        except sqlite3.OperationalError:
+            pass  # read-only index (e.g. evidence on write-protected media): queries filter by generation
+        keep = {self.manifest.get("vectors"), self.manifest.get("probes")}
+        for stale in list(self.root.glob("vectors-*.faiss*")) + list(self.root.glob("probes-*.npz*")):
+            if stale.name not in keep:
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def _visible(self) -> str:
+        g = int(self.manifest["generation"]) + (1 if self._dirty else 0)
+        return f"added_gen <= {g} AND (removed_gen IS NULL OR removed_gen > {g})"
+
+    def titles(self) -> dict[str, int]:
+        """Reference still count per title."""
+        rows = self.db.execute(
+            f"SELECT title, count(*) FROM refs WHERE {self._visible()} GROUP BY title ORDER BY title"
+        )
+        return dict(rows.fetchall())
+
+    def ids_of_title(self, title: str) -> np.ndarray:
+        rows = self.db.execute(f"SELECT id FROM refs WHERE title = ? AND {self._visible()}", (title,))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def references(self, ids: Sequence[int]) -> dict[int, Reference]:
+        ids = [int(i) for i in ids if i >= 0]
+        out: dict[int, Reference] = {}
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                f"SELECT id, title, episode, source, sha256, timestamp FROM refs WHERE id IN ({marks})", chunk
+            ):
+                out[row[0]] = Reference(
+                    title=row[1], episode=row[2], source=row[3], sha256=row[4], timestamp=row[5], id=row[0]
+                )
+        return out
+
+    def title_array(self, ids: np.ndarray) -> np.ndarray:
+        """Titles for an array of ids (any shape), '' for -1 (no neighbour)."""
+        flat = ids.reshape(-1)
+        refs = self.references(np.unique(flat[flat >= 0]))
+        return np.array([refs[i].title if i in refs else "" for i in flat], dtype=object).reshape(ids.shape)
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors for the given ids (used for calibration statistics)."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for row, i in enumerate(ids):
+            out[row] = self.index.reconstruct(int(i))
+        return out
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_ids: np.ndarray | None = None,
+        only_ids: np.ndarray | None = None,
+    ):
+        """k nearest references by inner product: (similarities, ids), both (n, k); missing = -1.
+
+        ``exclude_ids`` / ``only_ids`` restrict the search (calibration uses them for leave-one-out)."""
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, self.count))
+        if self.count == 0:
+            n = len(queries)
+            return np.full((n, 1), -1.0, np.float32), np.full((n, 1), -1, np.int64)
+        if only_ids is not None:
+            allowed = np.ascontiguousarray(only_ids, dtype=np.int64)
+            inner = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+            sims, ids = self.index.search(queries, k, params=faiss.SearchParameters(sel=inner))
+            return sims, ids
+        if exclude_ids is not None and len(exclude_ids):
+            excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
+            inner = faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded))  # kept alive: sel uses it
+            sel = faiss.IDSelectorNot(inner)
+            sims, ids = self.index.search(queries, k, params=faiss.SearchParameters(sel=sel))
+            return sims, ids
+        return self.index.search(queries, k)
+
+    # ---------------------------------------------------------------- writing
+    def add(self, vectors: np.ndarray, refs: Sequence[Reference]) -> np.ndarray:
+        """Append references (visible at once in this process; durable after `save`)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise StoreError(f"vectors of shape {vectors.shape} do not fit an index of dim {self.dim}")
+        if len(vectors) != len(refs):
+            raise ValueError("one reference per vector")
+        gen = self.manifest["generation"] + 1
+        with self.db:
+            ids = [
+                self.db.execute(
+                    "INSERT INTO refs (title, episode, source, sha256, timestamp, added_gen)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (r.title, r.episode, r.source, r.sha256, r.timestamp, gen),
+                ).lastrowid
+                for r in refs
+            ]
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        if len(ids_arr):
+            self.index.add_with_ids(vectors, ids_arr)
+        self._dirty = True
+        return ids_arr
+
+    def remove_title(self, title: str) -> int:
+        ids = self.ids_of_title(title)
+        if len(ids) == 0:
+            return 0
+        gen = self.manifest["generation"] + 1
+        with self.db:
+            self.db.execute(
+                "UPDATE refs SET removed_gen = ? WHERE title = ? AND removed_gen IS NULL", (gen, title)
+            )
+        self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        keep = self.probes["titles"] != title
+        self.probes = {k: v[keep] for k, v in self.probes.items()}
+        self._dirty = True
+        return len(ids)
+
+    def set_probes(self, vectors: np.ndarray, ref_ids: np.ndarray, titles: np.ndarray) -> None:
+        self.probes = {
+            "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
+            "ref_ids": np.asarray(ref_ids, dtype=np.int64),
+            "titles": np.asarray(titles, dtype=str),
+        }
+        self._dirty = True
+
+    def save(self, **manifest_updates) -> None:
+        """Write a new generation atomically (files first, manifest rename last)."""
+        import faiss
+
+        if not self._dirty and not manifest_updates:
+            return
+        gen = self.manifest["generation"] + 1
+        manifest = dict(self.manifest, **manifest_updates)
+        manifest.update(generation=gen, count=int(self.index.ntotal), vectors=f"vectors-{gen}.faiss")
+        vpath = self.root / manifest["vectors"]
+        tmp = vpath.with_name(vpath.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, vpath)
+        manifest["probes"] = f"probes-{gen}.npz"
+        ppath = self.root / manifest["probes"]
+        with open(ppath.with_name(ppath.name + ".tmp"), "wb") as f:
+            np.savez(f, **self.probes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(ppath.with_name(ppath.name + ".tmp"), ppath)
+        _fsync_dir(self.root)
+        _fsync_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        _fsync_dir(self.root)
+        self.manifest = manifest
+        self._dirty = False
+        self._recover()  # the new generation is committed: purge rows/files the old one needed
+
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _empty_probes(dim: int) -> dict:
+    return {
+        "vectors": np.zeros((0, dim), np.float32),
+        "ref_ids": np.zeros(0, np.int64),
+        "titles": np.zeros(0, dtype="<U1"),
+    }
