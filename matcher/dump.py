@@ -1,0 +1,1208 @@
+"""Match a whole leaked dump: walk it, classify every file, decode in isolated workers, embed in
+batches, and append one report line per file (and per video still / animation frame) as it is done.
+
+Safety model (the dump comes from an adversary's server):
+
+- The walk never follows a symbolic link (links are reported as ``skipped`` with where they point:
+  outside the dump, a loop, dangling, or inside the dump, whose target is reported under its own
+  path). FIFOs, sockets and devices are never opened (opening a FIFO blocks forever). Files are
+  opened ``O_NOFOLLOW | O_NONBLOCK`` and re-checked with ``fstat``, so a file swapped for a link or a
+  FIFO after the walk is caught too.
+- Decoding runs in worker processes (forked; they only use Pillow and PyAV). A
+  decoder that crashes takes down only its worker: the pool is rebuilt and the files that were in
+  flight are retried one at a time, so the one that crashes is the one reported. A decoder that hangs
+  is killed after ``decode_timeout`` seconds. Image size is checked against ``max_pixels`` from the
+  header, before any pixel is decoded.
+- Memory is bounded: only ``workers * 2`` decode tasks are in flight, workers hand back stills
+  already reduced to ``still_side`` pixels, and long videos / animations are decoded in segments of
+  ``segment`` stills.
+
+The report (see `matcher.report`) is the state: re-running with the same ``--out`` hashes each file
+and skips those already reported with the same (path, sha256).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import math
+import os
+import stat
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matcher import report as rpt
+
+#: Largest image (width * height) decoded; checked from the header before decoding. 100 Mpx covers
+#: 8K frames and large scans; a 1 GB RGB buffer is the most one image can cost a worker.
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_EVERY = 2.0
+DEFAULT_DECODE_TIMEOUT = 120.0
+#: Stills handed from a worker are reduced to this longest side (the embedders work at <= 336 px).
+STILL_SIDE = 512
+#: Stills / frames decoded per worker task; long videos are decoded in several segments.
+SEGMENT = 32
+#: Frames of one animation or pages of one TIFF matched at most (the rest are noted in the reason).
+MAX_FRAMES = 2000
+
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "TGA", "PSD")
+VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
+
+
+# ==================================================================================================
+# Worker side: sniffing and decoding (runs in the decode processes; imports Pillow and PyAV only)
+# ==================================================================================================
+class InputError(Exception):
+    """A file that cannot be matched; ``status`` is 'error' or 'skipped', ``reason`` one line."""
+
+    def __init__(self, reason: str, status: str = "error", kind: str | None = None):
+        super().__init__(reason)
+        self.reason = one_line(reason)
+        self.status = status
+        self.kind = kind
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte char cut at the end of the sample is fine
+            return False
+    ctrl = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
+    return ctrl <= len(head) // 100
+
+
+def _tga_plausible(head: bytes, tail: bytes) -> bool:
+    if tail.endswith(b"TRUEVISION-XFILE.\x00"):
+        return True
+    if len(head) < 18:
+        return False
+    cmap, itype, depth = head[1], head[2], head[16]
+    w, h = int.from_bytes(head[12:14], "little"), int.from_bytes(head[14:16], "little")
+    return (
+        cmap in (0, 1) and itype in (1, 2, 3, 9, 10, 11) and depth in (8, 15, 16, 24, 32) and w > 0 and h > 0
+    )
+
+
+def sniff(head: bytes, tail: bytes = b"", name: str = "") -> tuple[str, str]:
+    """Classify by content: ('image'|'video'|'skipped', description)."""
+    ext = os.path.splitext(name)[1].lower()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", "JPEG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image", "GIF"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", "TIFF"
+    if head.startswith(b"8BPS"):
+        return "image", "PSD"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image", "WebP"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video", "AVI"
+    if (
+        head.startswith(b"BM")
+        and len(head) >= 18
+        and int.from_bytes(head[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
+    ):
+        return "image", "BMP"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", "Matroska/WebM"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "skipped", f"HEIF/AVIF image ({brand.decode('latin-1').strip()}) is not a supported format"
+        return "video", "MP4/QuickTime"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"pnot", b"skip"):
+        return "video", "QuickTime"
+    if head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return "video", "MPEG-PS"
+    if head.startswith(b"FLV\x01"):
+        return "video", "FLV"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "video", "ASF/WMV"
+    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
+        return "video", "MPEG-TS"
+    archives = {
+        b"PK\x03\x04": "zip archive",
+        b"PK\x05\x06": "zip archive (empty)",
+        b"\x1f\x8b": "gzip archive",
+        b"7z\xbc\xaf\x27\x1c": "7-Zip archive",
+        b"Rar!\x1a\x07": "RAR archive",
+        b"BZh": "bzip2 archive",
+        b"\xfd7zXZ\x00": "xz archive",
+        b"\x28\xb5\x2f\xfd": "zstd archive",
+        b"%PDF": "PDF document",
+        b"\x7fELF": "ELF executable",
+        b"MZ": "Windows executable",
+        b"ID3": "MP3 audio",
+        b"OggS": "Ogg media",
+        b"fLaC": "FLAC audio",
+        b"SQLite format 3": "SQLite database",
+    }
+    for magic, what in archives.items():
+        if head.startswith(magic):
+            return "skipped", f"{what}: not an image or video (archives are not unpacked)"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "skipped", "tar archive: not an image or video (archives are not unpacked)"
+    if ext == ".tga" or _tga_plausible(head, tail):
+        if _tga_plausible(head, tail):
+            return "image", "TGA"
+    if _looks_like_text(head):
+        hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
+        return "skipped", f"text file{hint}: not an image or video"
+    hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
+    return "skipped", f"unrecognised content{hint}: no image or video signature"
+
+
+@dataclass
+class Limits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    every: float = DEFAULT_EVERY
+    all_frames: bool = False
+    still_side: int = STILL_SIDE
+    segment: int = SEGMENT
+    max_frames: int = MAX_FRAMES
+
+
+@dataclass
+class Task:
+    idx: int
+    rel: str  # path shown in the report (relative to the dump root)
+    abspath: bytes
+    start: int = 0  # first still/frame index of this segment
+    sha256: str | None = None  # known for continuation segments
+    identity: tuple | None = None  # (size, mtime_ns, ino) seen by the first segment
+    skip_shas: frozenset = frozenset()  # already reported: hash only
+    thumb: dict | None = None  # thumbnail mode: {'frame': i} or {'timestamp': t}
+    attempts: int = 0
+
+
+def _reduce(im, side: int):
+    """RGB copy with longest side <= side; transparency flattened onto white."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        bg.alpha_composite(im)
+        im = bg
+    if im.mode != "RGB":
+        try:
+            im = im.convert("RGB")
+        except (ValueError, OSError):
+            im = im.convert("L").convert("RGB")
+    else:
+        im = im.copy()  # never hand out the decoder's own image: a later seek() would change it
+    if max(im.size) > side:
+        im.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return im
+
+
+def _open_regular(abspath: bytes):
+    """Open without following links or blocking; refuse anything but a regular file."""
+    try:
+        fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError("file vanished during the run (no longer exists)") from None
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: became a symlink
+            raise InputError("file was replaced by a symbolic link during the run", "skipped") from None
+        raise InputError(f"cannot open: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise InputError("not a regular file (device, FIFO or socket): not opened", "skipped", "special")
+    return os.fdopen(fd, "rb"), st
+
+
+def _hash(fh) -> tuple[str, bytes, int]:
+    h = hashlib.sha256()
+    head = b""
+    n = 0
+    while True:
+        chunk = fh.read(1 << 20)
+        if not chunk:
+            break
+        if n == 0:
+            head = chunk[:4096]
+        n += len(chunk)
+        h.update(chunk)
+    return h.hexdigest(), head, n
+
+
+def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
+    from PIL import Image, ImageFile, UnidentifiedImageError
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    Image.MAX_IMAGE_PIXELS = lim.max_pixels
+    fh.seek(0)
+    Image.init()
+    formats = ("TGA",) if fmt_hint == "TGA" else tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
+    try:
+        im = Image.open(fh, formats=formats)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"decompression bomb refused: {e}") from None
+    except UnidentifiedImageError:
+        raise InputError(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
+        raise InputError(f"corrupt {fmt_hint} image: {e}") from None
+
+    def check(size):
+        w, h = size
+        if w <= 0 or h <= 0:
+            raise InputError(f"corrupt {fmt_hint} image: size {w}x{h}")
+        if w * h > lim.max_pixels:
+            raise InputError(
+                f"decompression bomb refused: {w}x{h} = {w * h / 1e6:.0f} Mpx is over the "
+                f"{lim.max_pixels / 1e6:.0f} Mpx limit (checked before decoding)"
+            )
+
+    check(im.size)
+    fmt = im.format or fmt_hint
+    n = 1 if fmt == "PSD" else int(getattr(im, "n_frames", 1) or 1)  # PSD frames are layers
+    out["kind"] = "image"
+    notes = []
+    if n > 1:
+        multi = fmt == "TIFF" or lim.all_frames
+        out["kind"] = "multipage" if fmt == "TIFF" else "animation"
+        if not multi:
+            notes.append(
+                f"animated {fmt} with {n} frames: first frame matched (use --all-frames for every frame)"
+            )
+            n_use = 1
+        else:
+            n_use = min(n, lim.max_frames)
+            if n_use < n:
+                notes.append(f"{n} frames: the first {n_use} matched (limit)")
+        out["multi"] = multi
+    else:
+        n_use = 1
+        out["multi"] = False
+    out["note"] = "; ".join(notes) or None
+    if task.thumb is not None:
+        indices = [min(int(task.thumb.get("frame") or 0), n_use - 1)]
+    else:
+        indices = list(range(task.start, min(n_use, task.start + lim.segment)))
+        out["more"] = task.start + lim.segment if task.start + lim.segment < n_use else None
+    for i in indices:
+        try:
+            if i:
+                im.seek(i)
+            check(im.size)
+            if fmt == "JPEG":
+                im.draft("RGB", (lim.still_side, lim.still_side))
+            im.load()
+            still = _reduce(im, lim.still_side)
+        except InputError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise InputError(f"decompression bomb refused: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file error
+            what = "truncated or corrupt" if "truncated" in str(e) else "corrupt"
+            where = f" (frame {i})" if out["multi"] else ""
+            if out["multi"] and i > 0:
+                out["parts"].append(({"record": rpt.FRAME, "frame": i}, None, f"{what} frame: {one_line(e)}"))
+                continue
+            raise InputError(f"{what} {fmt} image{where}: {one_line(e)}") from None
+        meta = {"record": rpt.FRAME, "frame": i} if out["multi"] else {}
+        out["parts"].append((meta, still, None))
+
+
+def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
+    import av
+
+    fh.seek(0)
+    out["kind"] = "video"
+    out["multi"] = True
+    try:
+        container = av.open(fh, mode="r", metadata_errors="ignore")
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"corrupt or unsupported video ({desc}): {one_line(e)}") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"no video stream in {desc} file")
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        w, h = int(cc.width or 0), int(cc.height or 0)
+        if w * h > lim.max_pixels:
+            raise InputError(f"video frames are {w}x{h}, over the {lim.max_pixels / 1e6:.0f} Mpx limit")
+        stream.thread_type = "AUTO"
+        every = max(float(lim.every), 0.04)
+        if task.thumb is not None:
+            targets = [float(task.thumb.get("timestamp") or 0.0)]
+            start_t = targets[0]
+            seg_end = math.inf
+        else:
+            start_t = task.start * every
+            seg_end = (task.start + lim.segment) * every
+        if start_t > 0:
+            tb = stream.time_base
+            with contextlib.suppress(Exception):
+                container.seek(int(start_t / tb) if tb else int(start_t * 1e6), stream=stream, backward=True)
+        k = task.start
+        next_t = start_t
+        got = 0
+        more = None
+        try:
+            for frame in container.decode(stream):
+                ft = frame.time
+                if ft is None:
+                    ft = next_t
+                if ft + 1e-6 < next_t:
+                    continue
+                if task.thumb is None and ft >= seg_end:
+                    more = int(math.floor(ft / every + 1e-9))
+                    break
+                still = _reduce(frame.to_image(), lim.still_side)
+                out["parts"].append(({"record": rpt.STILL, "timestamp": round(float(ft), 3)}, still, None))
+                got += 1
+                if task.thumb is not None:
+                    break
+                k = int(math.floor(ft / every + 1e-9)) + 1
+                next_t = k * every
+        except av.error.FFmpegError as e:
+            if got == 0 and task.start == 0:
+                raise InputError(f"corrupt video ({desc}): {one_line(e)}") from None
+            out["note"] = f"video decoding stopped early: {one_line(e)}"
+        if got == 0 and task.start == 0:
+            raise InputError(f"no decodable video frame in {desc} file")
+        out["more"] = more
+
+
+def process(task: Task, lim: Limits) -> dict:
+    """Hash, classify and decode one file (or one segment of one). Never raises."""
+    warnings.simplefilter("ignore")
+    out: dict[str, Any] = {
+        "idx": task.idx,
+        "sha256": task.sha256,
+        "size": None,
+        "kind": None,
+        "status": None,
+        "reason": None,
+        "parts": [],
+        "more": None,
+        "multi": False,
+        "note": None,
+    }
+    try:
+        fh, st = _open_regular(task.abspath)
+        with fh:
+            out["size"] = st.st_size
+            identity = (st.st_size, st.st_mtime_ns, st.st_ino)
+            out["identity"] = identity
+            if task.identity is not None and task.identity != identity:
+                raise InputError("file changed during the run (size or mtime differ between segments)")
+            if task.sha256 is None:
+                out["sha256"], head, n = _hash(fh)
+                if n != st.st_size:
+                    raise InputError("file changed while it was read (size differs)")
+            else:
+                fh.seek(0)
+                head = fh.read(4096)
+            if out["sha256"] in task.skip_shas:
+                out["status"] = "resumed"
+                return out
+            if st.st_size == 0:
+                raise InputError("empty file (0 bytes)", kind="empty")
+            tail = b""
+            if st.st_size > 18:
+                fh.seek(st.st_size - 18)
+                tail = fh.read(18)
+            what, desc = sniff(head, tail, task.rel)
+            if what == "skipped":
+                raise InputError(desc, "skipped", "other")
+            out["format"] = desc
+            if what == "image":
+                _image_parts(fh, desc, task, lim, out)
+            else:
+                _video_parts(fh, desc, task, lim, out)
+    except InputError as e:
+        out["status"], out["reason"] = e.status, e.reason
+        out["kind"] = out["kind"] or e.kind
+        out["parts"] = []
+    except MemoryError:
+        out["status"], out["reason"] = "error", "out of memory while decoding"
+        out["parts"] = []
+    except Exception as e:  # noqa: BLE001 - last line of defence: one line, never a traceback
+        out["status"], out["reason"] = "error", f"unexpected {type(e).__name__}: {one_line(e)}"
+        out["parts"] = []
+    if task.thumb is not None:
+        out["thumb"] = _data_uri(out["parts"][0][1]) if out["parts"] and out["parts"][0][1] else None
+        out["parts"] = []
+    return out
+
+
+def _data_uri(im, side: int = 160) -> str:
+    im = im.copy()
+    im.thumbnail((side, side))
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=72)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _worker_init() -> None:
+    # Workers must not compete with the embedder for cores through hidden thread pools.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with contextlib.suppress(Exception):
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+
+
+# ==================================================================================================
+# Walking the dump
+# ==================================================================================================
+@dataclass
+class Entry:
+    rel: str
+    abspath: bytes
+    kind: str  # 'file', 'skipped', 'error'
+    reason: str | None = None
+    size: int | None = None
+
+
+def display(rel: bytes) -> str:
+    """A dump path as text: UTF-8, undecodable bytes shown as \\xNN escapes."""
+    return rel.decode("utf-8", "backslashreplace")
+
+
+def walk(root: str | os.PathLike) -> Iterator[Entry]:
+    """Every entry under root, depth first in name order; links and special files are not followed."""
+    root_b = os.fsencode(os.path.abspath(root))
+    real_root = os.path.realpath(root_b)
+    stack: list[bytes] = [b""]
+    while stack:
+        rel_dir = stack.pop()
+        dir_abs = os.path.join(root_b, rel_dir) if rel_dir else root_b
+        try:
+            with os.scandir(dir_abs) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield Entry(
+                display(rel_dir) or ".", dir_abs, "error", f"cannot list directory: {e.strerror or e}"
+            )
+            continue
+        subdirs = []
+        for de in entries:
+            rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
+            try:
+                if de.is_symlink():
+                    yield _link_entry(rel, de.path, real_root)
+                elif de.is_dir(follow_symlinks=False):
+                    subdirs.append(rel)
+                elif de.is_file(follow_symlinks=False):
+                    yield Entry(display(rel), de.path, "file")
+                else:
+                    st = de.stat(follow_symlinks=False)
+                    what = (
+                        "FIFO"
+                        if stat.S_ISFIFO(st.st_mode)
+                        else "socket"
+                        if stat.S_ISSOCK(st.st_mode)
+                        else "device"
+                        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                        else "special file"
+                    )
+                    yield Entry(
+                        display(rel), de.path, "skipped", f"{what}: not a regular file, not opened", 0
+                    )
+            except FileNotFoundError:
+                yield Entry(display(rel), de.path, "error", "file vanished during the run (no longer exists)")
+            except OSError as e:
+                yield Entry(display(rel), de.path, "error", f"cannot stat: {e.strerror or e}")
+        stack.extend(reversed(subdirs))
+
+
+def _link_entry(rel: bytes, path: bytes, real_root: bytes) -> Entry:
+    try:
+        target = display(os.readlink(path))
+    except OSError:
+        target = "?"
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        size = None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == 40:
+            return Entry(
+                display(rel), path, "skipped", f"symbolic link loop (-> {target}): not followed", size
+            )
+        return Entry(
+            display(rel), path, "skipped", f"dangling symbolic link (-> {target}): not followed", size
+        )
+    real = os.path.realpath(path)
+    inside = real == real_root or real.startswith(real_root.rstrip(b"/") + b"/")
+    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    if not inside:
+        reason = f"symbolic link to a {what} outside the dump (-> {target}): not followed"
+    else:
+        where = display(os.path.relpath(real, real_root))
+        reason = (
+            f"symbolic link to a {what} inside the dump (-> {where}): not followed, the target is reported"
+        )
+        if stat.S_ISDIR(st.st_mode) and (real_root.startswith(real.rstrip(b"/") + b"/") or real == real_root):
+            reason = f"symbolic link loop to an enclosing directory (-> {target}): not followed"
+    return Entry(display(rel), path, "skipped", reason, size)
+
+
+# ==================================================================================================
+# The decode pool: ordered, bounded, with timeouts and crash isolation
+# ==================================================================================================
+class DecodePool:
+    """Process pool that survives hung and crashing decoders."""
+
+    def __init__(self, workers: int, limits: Limits, timeout: float):
+        import multiprocessing as mp
+
+        self.workers = max(1, workers)
+        self.limits = limits
+        self.timeout = timeout
+        # fork: workers start in milliseconds and share the parent's pages copy-on-write; they only
+        # touch Pillow/PyAV (like torch's DataLoader workers), never the embedder or faiss.
+        methods = mp.get_all_start_methods()
+        self.ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        self.pool: ProcessPoolExecutor | None = None
+        self.crashes = 0
+        self.timeouts = 0
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_worker_init)
+        return self.pool
+
+    def submit(self, task: Task) -> Future:
+        return self._ensure().submit(process, task, self.limits)
+
+    def _kill(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.kill()
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                self.pool.shutdown(wait=False, cancel_futures=True)
+            self._kill()
+
+    def run_one(self, task: Task) -> dict:
+        """Run one task alone (after a crash), attributing a crash or hang to it."""
+        fut = self.submit(task)
+        return self.wait(fut, task, isolated=True)
+
+    def wait(self, fut: Future, task: Task, isolated: bool = False) -> dict | None:
+        """The result, or None when the pool broke (caller retries in-flight tasks in isolation)."""
+        try:
+            return fut.result(timeout=self.timeout)
+        except FutureTimeout:
+            self.timeouts += 1
+            self._kill()
+            return _failed(task, f"decoding took longer than {self.timeout:.0f} s: worker killed")
+        except BrokenProcessPool:
+            self.crashes += 1
+            self._kill()
+            if isolated:
+                return _failed(task, "the decoder crashed on this file (worker process died)")
+            return None
+        except Exception as e:  # noqa: BLE001 - e.g. the task could not be pickled
+            return _failed(task, f"decode failed: {one_line(e)}")
+
+
+def _failed(task: Task, reason: str) -> dict:
+    return {
+        "idx": task.idx,
+        "sha256": task.sha256,
+        "size": None,
+        "kind": None,
+        "status": "error",
+        "reason": reason,
+        "parts": [],
+        "more": None,
+        "multi": False,
+        "note": None,
+    }
+
+
+# ==================================================================================================
+# The run
+# ==================================================================================================
+@dataclass(eq=False)
+class _FileState:
+    entry: Entry
+    task: Task
+    sha256: str | None = None
+    size: int | None = None
+    kind: str | None = None
+    fmt: str | None = None
+    multi: bool = False
+    notes: list = field(default_factory=list)
+    parts: list = field(default_factory=list)  # part records (dicts)
+    existing: dict = field(default_factory=dict)  # part records already in the report (resume)
+    outstanding: int = 0  # decode segments + stills waiting for the embedder
+    decoding: bool = True
+    identity: tuple | None = None
+    final: bool = False
+
+
+@dataclass
+class DumpStats:
+    files: int = 0  # file entries found by the walk
+    written: int = 0  # file lines written in this run
+    resumed: int = 0  # skipped because already reported
+    stills: int = 0  # images embedded
+    seconds: float = 0.0
+    statuses: Counter = field(default_factory=Counter)
+    summary: dict | None = None
+    crashes: int = 0
+    timeouts: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+
+def _match_images(matcher, images: list) -> list:
+    """MatchResults for a batch of PIL images (embedded together)."""
+    if hasattr(matcher, "match_images"):
+        return list(matcher.match_images(images))
+    return list(matcher.match_many(images))
+
+
+def aggregate(parts: list[dict], kind: str) -> dict:
+    """Verdict of a video / multi-frame file from its part records (majority of matched stills)."""
+    ok = [p for p in parts if p.get("status") in ("matched", "unknown")]
+    unit = "stills" if kind == "video" else "frames"
+    if not ok:
+        first = next(
+            (p.get("reason") or p.get("error") for p in parts if p.get("reason") or p.get("error")), None
+        )
+        return {
+            "status": "error",
+            "title": None,
+            "confidence": 0.0,
+            "candidates": [],
+            "evidence": [],
+            "reason": f"no {unit} could be matched" + (f": {first}" if first else ""),
+        }
+    votes = Counter(p["title"] for p in ok if p.get("status") == "matched")
+    conf_by: dict[str, list[float]] = defaultdict(list)
+    for p in ok:
+        if p.get("status") == "matched":
+            conf_by[p["title"]].append(float(p.get("confidence") or 0.0))
+    scores: dict[str, float] = defaultdict(float)
+    for p in ok:
+        for c in p.get("candidates") or []:
+            scores[c["title"]] += float(c["score"]) / len(ok)
+    candidates = [{"title": t, "score": round(s, 6)} for t, s in sorted(scores.items(), key=lambda x: -x[1])]
+    if votes:
+        title = max(votes, key=lambda t: (votes[t], sum(conf_by[t]), t))
+        support = [p for p in ok if p.get("title") == title]
+        confidence = sum(conf_by[title]) / len(conf_by[title])
+        status = "matched"
+        reason = f"{votes[title]} of {len(parts)} {unit} matched {title}"
+        others = {t: n for t, n in votes.items() if t != title}
+        if others:
+            reason += "; others: " + ", ".join(
+                f"{t} ({n})" for t, n in sorted(others.items(), key=lambda x: -x[1])
+            )
+    else:
+        title = None
+        support = ok
+        confidence = max(float(p.get("confidence") or 0.0) for p in ok)
+        status = "unknown"
+        reason = f"none of {len(parts)} {unit} matched a title"
+    evidence = []
+    for p in support:
+        for e in p.get("evidence") or []:
+            if title is None or e.get("title") == title:
+                where = (
+                    {"query_timestamp": p.get("timestamp")}
+                    if kind == "video"
+                    else {"query_frame": p.get("frame")}
+                )
+                evidence.append({**e, **where})
+    evidence.sort(key=lambda e: -float(e.get("similarity") or 0))
+    errors = sum(1 for p in parts if p.get("status") == "error")
+    if errors:
+        reason += f"; {errors} {unit} could not be decoded"
+    return {
+        "status": status,
+        "title": title,
+        "confidence": round(confidence, 6),
+        "candidates": candidates[:10],
+        "evidence": evidence[:8],
+        "reason": reason,
+    }
+
+
+class DumpRun:
+    """One `matcher match DUMP_DIR` run. Use `run()`; it returns `DumpStats`."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        matcher,
+        out: str | os.PathLike | None = None,
+        csv: str | os.PathLike | None = None,
+        html: str | os.PathLike | None = None,
+        every: float = DEFAULT_EVERY,
+        all_frames: bool = False,
+        quiet: bool = False,
+        workers: int | None = None,
+        batch_size: int = 32,
+        decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        custody: dict | None = None,
+        echo: Callable[[str], None] | None = None,
+        fsync: bool = True,
+    ):
+        self.root = Path(root)
+        self.matcher = matcher
+        self.out, self.csv_path, self.html = out, csv, html
+        self.limits = Limits(max_pixels=max_pixels, every=every, all_frames=all_frames)
+        self.quiet = quiet
+        self.workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+        self.batch_size = max(1, batch_size)
+        self.decode_timeout = decode_timeout
+        self.custody_extra = custody or {}
+        self.echo = echo or (lambda s: print(s))
+        self.fsync = fsync
+        self.memory_records: list[dict] = []
+        self.stats = DumpStats()
+
+    # -- records --------------------------------------------------------------------------------------
+    def _write(self, rec: dict) -> None:
+        if self.report is not None:
+            self.report.write(rec)
+        else:
+            self.memory_records.append(rec)
+        if self.csvw is not None:
+            self.csvw.write(rec)
+
+    def _file_record(self, st: _FileState, **fields) -> dict:
+        rec = {
+            "record": rpt.FILE,
+            "path": st.entry.rel,
+            "sha256": st.sha256,
+            "size": st.size if st.size is not None else st.entry.size,
+            "kind": st.kind,
+            "status": None,
+            "reason": None,
+            "title": None,
+            "confidence": 0.0,
+            "candidates": [],
+            "evidence": [],
+            "error": None,
+        }
+        rec.update(fields)
+        if rec["status"] == "error":
+            rec["error"] = rec["reason"]
+        return rec
+
+    def _finish(self, st: _FileState, rec: dict) -> None:
+        if rec["sha256"] is None and self.report is not None and self.report.is_done(rec["path"], None):
+            # unreadable before and still unreadable: already reported, never a second line
+            self.stats.resumed += 1
+            self._advance()
+            return
+        self._write(rec)
+        self.stats.written += 1
+        self.stats.statuses[rec["status"]] += 1
+        self._advance()
+
+    def _custody(self) -> dict:
+        info: dict[str, Any] = {"tool": "matcher"}
+        try:
+            from importlib.metadata import version
+
+            info["tool_version"] = version("matcher")
+        except Exception:  # noqa: BLE001
+            info["tool_version"] = getattr(sys.modules.get("matcher"), "__version__", "unknown")
+        m = self.matcher
+        emb = getattr(m, "embedder", None)
+        store = getattr(m, "store", None)
+        info["model_spec"] = getattr(emb, "spec", None)
+        info["model_fingerprint"] = getattr(emb, "fingerprint", None)
+        for name in ("fingerprint", "index_fingerprint"):
+            fp = getattr(m, name, None) or getattr(store, name, None)
+            if fp is not None:
+                info["index_fingerprint"] = fp() if callable(fp) else fp
+                break
+        idx = getattr(m, "index_dir", None) or getattr(store, "root", None) or getattr(store, "path", None)
+        if idx is not None:
+            info["index"] = str(idx)
+        info["dump_root"] = str(self.root.resolve())
+        info["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        info["every_s"] = self.limits.every
+        info["all_frames"] = self.limits.all_frames
+        info["max_pixels"] = self.limits.max_pixels
+        info.update(self.custody_extra)
+        return info
+
+    # -- progress -------------------------------------------------------------------------------------
+    def _progress_start(self, total: int) -> None:
+        self.progress = None
+        if self.quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("matching"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} files/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.progress.start()
+        self.ptask = self.progress.add_task("match", total=total, rate="-")
+
+    def _advance(self) -> None:
+        self.done_files += 1
+        if self.progress is not None:
+            el = time.monotonic() - self.t0
+            self.progress.update(self.ptask, advance=1, rate=f"{self.done_files / el:.1f}" if el > 0 else "-")
+
+    # -- main loop ------------------------------------------------------------------------------------
+    def run(self) -> DumpStats:
+        if not self.root.is_dir():
+            raise rpt.ReportError(f"{self.root}: not a directory")
+        self.t0 = time.monotonic()
+        self.done_files = 0
+        self.report = rpt.JsonlReport(self.out, fsync=self.fsync) if self.out else None
+        self.csvw = None
+        self.pool = None
+        self.progress = None
+        try:
+            if self.csv_path:
+                self.csvw = rpt.CsvReport(self.csv_path, source=self.out)
+            custody = self._custody()
+            self.custody_info = custody
+            self._write({"record": rpt.RUN, **custody})
+            entries = list(walk(self.root))
+            self.abspaths = {e.rel: e.abspath for e in entries}
+            self.stats.files = len(entries)
+            self._progress_start(len(entries))
+            self.pool = DecodePool(self.workers, self.limits, self.decode_timeout)
+            self._loop(entries)
+            self.stats.seconds = time.monotonic() - self.t0
+            self.stats.crashes, self.stats.timeouts = self.pool.crashes, self.pool.timeouts
+            records = list(rpt.read_records(self.out)) if self.out else self.memory_records
+            summary = rpt.summarize(rpt.latest_file_records(records))
+            summary["run"] = {
+                "files_seen": self.stats.files,
+                "written": self.stats.written,
+                "resumed": self.stats.resumed,
+                "seconds": round(self.stats.seconds, 3),
+                "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            self._write(summary)
+            self.stats.summary = summary
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+            if self.html:
+                self._write_html(records)
+            return self.stats
+        finally:
+            if self.progress is not None:
+                self.progress.stop()
+            if self.pool is not None:
+                self.pool.close()
+            if self.csvw is not None:
+                self.csvw.close()
+            if self.report is not None:
+                self.report.close()
+
+    def _loop(self, entries: list[Entry]) -> None:
+        window = self.workers * 2
+        inflight: deque[tuple[_FileState, Task, Future]] = deque()
+        self.queue: list[tuple[_FileState, dict, Any]] = []
+        done_paths = self.report.done_paths() if self.report is not None else set()
+        done_shas: dict[str, set] = defaultdict(set)
+        if self.report is not None:
+            for p, s in self.report._done:
+                done_shas[p].add(s)
+
+        def submit(st: _FileState, task: Task) -> None:
+            inflight.append((st, task, self.pool.submit(task)))
+
+        it = iter(entries)
+        exhausted = False
+        while True:
+            while not exhausted and len(inflight) < window:
+                entry = next(it, None)
+                if entry is None:
+                    exhausted = True
+                    break
+                st = _FileState(entry=entry, task=None)
+                if entry.kind != "file":
+                    if self.report is not None and self.report.is_done(entry.rel, None):
+                        self.stats.resumed += 1
+                        self._advance()
+                        continue
+                    rec = self._file_record(
+                        st,
+                        status=entry.kind,
+                        reason=entry.reason,
+                        kind="link" if "symbolic link" in (entry.reason or "") else "special",
+                    )
+                    self._finish(st, rec)
+                    continue
+                skip = frozenset(done_shas[entry.rel]) if entry.rel in done_paths else frozenset()
+                task = Task(idx=0, rel=entry.rel, abspath=entry.abspath, skip_shas=skip)
+                st.task = task
+                st.outstanding = 1
+                submit(st, task)
+            if not inflight:
+                break
+            st, task, fut = inflight[0]
+            if not fut.done() and self.queue:
+                self._flush()
+                continue
+            inflight.popleft()
+            res = self.pool.wait(fut, task)
+            if res is None:  # the pool broke: retry everything in flight one at a time
+                retry = [(st, task)] + [(s, t) for s, t, _ in inflight]
+                inflight.clear()
+                for s, t in retry:
+                    self._handle(s, t, self.pool.run_one(t), submit)
+                continue
+            self._handle(st, task, res, submit)
+            if len(self.queue) >= self.batch_size:
+                self._flush()
+        self._flush()
+
+    def _handle(self, st: _FileState, task: Task, res: dict, submit) -> None:
+        st.outstanding -= 1
+        if res["status"] == "resumed":
+            self.stats.resumed += 1
+            self._advance()
+            return
+        if task.start == 0:
+            st.sha256 = res.get("sha256")
+            st.size = res.get("size")
+            st.kind = res.get("kind")
+            st.fmt = res.get("format")
+            st.multi = bool(res.get("multi"))
+            st.identity = res.get("identity")
+            if self.report is not None and st.multi:
+                st.existing = dict(self.report.parts_of(st.entry.rel, st.sha256))
+        if res.get("note") and res["note"] not in st.notes:
+            st.notes.append(res["note"])
+        if res["status"] in ("error", "skipped"):
+            if task.start == 0 or not st.multi:
+                rec = self._file_record(st, status=res["status"], reason=res["reason"], kind=st.kind)
+                st.decoding = False
+                self._finish(st, rec)
+                return
+            st.notes.append(f"segment from {task.start} failed: {res['reason']}")
+        for meta, image, err in res.get("parts", []):
+            if st.multi:
+                key = rpt.part_key({**meta})
+                if key in st.existing:
+                    st.parts.append(st.existing[key])
+                    continue
+            if image is None:
+                prec = self._part_record(st, meta, status="error", reason=err)
+                self._write(prec)
+                st.parts.append(prec)
+                continue
+            st.outstanding += 1
+            self.queue.append((st, meta, image))
+        if len(self.queue) >= self.batch_size:
+            self._flush()
+        if res.get("more") is not None:
+            # the next segment of a long video / animation joins the in-flight window
+            st.outstanding += 1
+            submit(
+                st,
+                Task(
+                    idx=0,
+                    rel=task.rel,
+                    abspath=task.abspath,
+                    start=res["more"],
+                    sha256=st.sha256,
+                    identity=st.identity,
+                ),
+            )
+            return
+        st.decoding = False
+        self._maybe_finalize(st)
+
+    def _part_record(self, st: _FileState, meta: dict, **fields) -> dict:
+        rec = {
+            "record": meta.get("record"),
+            "path": st.entry.rel,
+            "sha256": st.sha256,
+            "size": st.size,
+            "kind": st.kind,
+            "status": None,
+            "reason": None,
+            "title": None,
+            "confidence": 0.0,
+            "candidates": [],
+            "evidence": [],
+            "error": None,
+        }
+        if "timestamp" in meta:
+            rec["timestamp"] = meta["timestamp"]
+        if "frame" in meta:
+            rec["frame"] = meta["frame"]
+        rec.update(fields)
+        if rec["status"] == "error":
+            rec["error"] = rec["reason"]
+        return rec
+
+    def _flush(self) -> None:
+        if not self.queue:
+            return
+        batch, self.queue = self.queue, []
+        images = [im for _, _, im in batch]
+        try:
+            results = _match_images(self.matcher, images)
+        except Exception as e:  # noqa: BLE001 - one bad batch must not end the run: retry one by one
+            results = []
+            for im in images:
+                try:
+                    results.extend(_match_images(self.matcher, [im]))
+                except Exception as e2:  # noqa: BLE001
+                    results.append(e2)
+            del e
+        self.stats.stills += len(images)
+        touched = []
+        for (st, meta, _), r in zip(batch, results, strict=True):
+            st.outstanding -= 1
+            if isinstance(r, Exception):
+                fields = {"status": "error", "reason": f"matching failed: {one_line(r)}"}
+            else:
+                d = r.to_dict()
+                d.pop("path", None)
+                d.pop("sha256", None)
+                d.pop("timestamp", None)
+                fields = {**d, "status": r.status, "reason": None}
+            if st.multi:
+                prec = self._part_record(st, meta, **fields)
+                self._write(prec)
+                st.parts.append(prec)
+            else:
+                st.parts.append(fields)
+            touched.append(st)
+        for st in dict.fromkeys(touched):
+            self._maybe_finalize(st)
+
+    def _maybe_finalize(self, st: _FileState) -> None:
+        if st.decoding or st.outstanding > 0 or st.final:
+            return
+        st.final = True
+        note = "; ".join(st.notes) if st.notes else None
+        if st.multi:
+            agg = aggregate(st.parts, st.kind or "video")
+            reason = "; ".join(x for x in (agg.pop("reason"), note) if x)
+            n_parts = {"stills" if st.kind == "video" else "frames": len(st.parts)}
+            rec = self._file_record(st, **agg, reason=reason, format=st.fmt, **n_parts)
+        elif st.parts:
+            fields = dict(st.parts[0])
+            if note:
+                fields["reason"] = "; ".join(x for x in (fields.get("reason"), note) if x)
+            rec = self._file_record(st, **fields, format=st.fmt)
+        else:
+            rec = self._file_record(st, status="error", reason=note or "nothing could be decoded")
+        self._finish(st, rec)
+
+    # -- HTML -----------------------------------------------------------------------------------------
+    def _write_html(self, records: list[dict]) -> None:
+        cache: dict[tuple, str | None] = {}
+        root_b = os.fsencode(os.path.abspath(self.root))
+        pool = DecodePool(self.workers, self.limits, min(self.decode_timeout, 30.0))
+        try:
+
+            def run_thumb(abspath: bytes, rel: str, spec: dict, sha: str | None) -> str | None:
+                key = (abspath, tuple(sorted(spec.items())))
+                if key not in cache:
+                    t = Task(idx=0, rel=rel, abspath=abspath, thumb=spec, sha256=sha)
+                    res = pool.wait(pool.submit(t), t, isolated=True)
+                    cache[key] = (res or {}).get("thumb")
+                return cache[key]
+
+            def thumb(rec: dict) -> str | None:
+                if rec.get("status") not in ("matched", "unknown"):
+                    return None
+                spec: dict = {}
+                ev = rec.get("evidence") or []
+                if ev and ev[0].get("query_timestamp") is not None:
+                    spec = {"timestamp": ev[0]["query_timestamp"]}
+                elif ev and ev[0].get("query_frame") is not None:
+                    spec = {"frame": ev[0]["query_frame"]}
+                rel = rec["path"]
+                abspath = self.abspaths.get(rel)
+                if abspath is None:
+                    abspath = os.path.join(root_b, rel.encode("utf-8", "surrogateescape"))
+                return run_thumb(abspath, rel, spec, rec.get("sha256"))
+
+            def ref_thumb(reference: str | None, ts: float | None) -> str | None:
+                if not reference:
+                    return None
+                p = Path(reference)
+                base = getattr(self.matcher, "index_dir", None)
+                cands = [p] if p.is_absolute() else [p, *([Path(base) / p] if base else [])]
+                for c in cands:
+                    if c.is_file():
+                        spec = {"timestamp": ts} if ts is not None else {}
+                        return run_thumb(os.fsencode(str(c)), str(c), spec, None)
+                return None
+
+            custody = dict(self.custody_info)
+            custody["report_generated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            rpt.write_html(self.html, records, custody, thumb=thumb, ref_thumb=ref_thumb)
+        finally:
+            pool.close()
+
+
+def run_dump(root, matcher, **kwargs) -> DumpStats:
+    """Convenience wrapper: `DumpRun(root, matcher, **kwargs).run()`."""
+    return DumpRun(root, matcher, **kwargs).run()
