@@ -205,13 +205,48 @@ def describe(index: faiss.Index) -> dict:
     return info
 
 
+#: Below this many queries an exact search is one BLAS matrix-vector product over a zero-copy view
+#: of the stored vectors (all cores), instead of faiss's per-query scan, which runs on one thread:
+#: measured 82 ms vs 216 ms per query at 1M x 512 on 2 cores. From 20 queries up faiss uses BLAS too.
+GEMV_MAX_QUERIES = 20
+
+
+def _flat_view(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vectors, ids) as zero-copy numpy views of an exact IndexIDMap2(IndexFlatIP), else None."""
+    faiss = _faiss()
+    if not isinstance(index, faiss.IndexIDMap2) or index.ntotal == 0:
+        return None
+    flat = faiss.downcast_index(index.index)
+    if not isinstance(flat, faiss.IndexFlatIP):
+        return None
+    n, d = int(flat.ntotal), int(flat.d)
+    vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    ids = faiss.rev_swig_ptr(index.id_map.data(), n)
+    return vectors, ids
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each (nq x k); missing neighbours have id -1 and score -inf."""
+    """(scores, ids), each (nq x k), best first; missing neighbours have id -1 and score -inf."""
     queries = _as_f32(queries)
     k = int(max(1, k))
-    if index.ntotal == 0:
-        return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64))
-    return index.search(queries, k)
+    nq = len(queries)
+    if index.ntotal == 0 or nq == 0:
+        return (np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
+    view = _flat_view(index) if nq < GEMV_MAX_QUERIES else None
+    if view is None:
+        return index.search(queries, k)
+    vectors, ids = view
+    n = len(vectors)
+    scores = queries @ vectors.T  # (nq, n), multi-threaded BLAS
+    kk = min(k, n)
+    top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.tile(np.arange(n), (nq, 1))
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    out_d = np.full((nq, k), -np.inf, np.float32)
+    out_i = np.full((nq, k), -1, np.int64)
+    out_d[:, :kk] = np.take_along_axis(top_scores, order, axis=1)
+    out_i[:, :kk] = ids[np.take_along_axis(top, order, axis=1)]
+    return out_d, out_i
 
 
 def add(index: faiss.Index, vectors: np.ndarray, ids: Any) -> None:

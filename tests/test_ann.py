@@ -104,3 +104,15 @@ def test_recall_counts_ties_as_hits():
     approx_d = np.array([[0.9, 0.8, 0.7]], np.float32)
     assert ann.recall_at_k(approx_ids, exact_ids, approx_d, exact_d) == 1.0
     assert ann.recall_at_k(approx_ids, exact_ids) == pytest.approx(2 / 3)
+
+
+def test_exact_gemv_path_matches_faiss():
+    x = clustered(2000)
+    ids = np.arange(2000, dtype=np.int64) * 5 + 3
+    index, _ = ann.build(x, ids)
+    q = clustered(30, seed=9)
+    d_fast, i_fast = ann.search(index, q[:5], 7)  # few queries: BLAS path over the raw vectors
+    d_ref, i_ref = index.search(q[:5], 7)
+    assert np.array_equal(i_fast, i_ref) and np.allclose(d_fast, d_ref, atol=1e-5)
+    d_big, i_big = ann.search(index, x[:3], 5000)  # k > n pads with -1
+    assert (i_big[:, 2000:] == -1).all() and sorted(i_big[0, :2000].tolist()) == sorted(ids.tolist())
