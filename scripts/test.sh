@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Lint and run the whole test suite (creates ./.venv first if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check matcher tests scripts
+.venv/bin/ruff format --check matcher tests scripts
+.venv/bin/python -m pytest "$@"

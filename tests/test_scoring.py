@@ -1,0 +1,69 @@
+"""TitleScorer and calibration: monotone confidence, imbalance correction, unknown decision."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import draw_frame
+
+from matcher import Matcher
+from matcher.calibration import _fit_logistic
+from matcher.scoring import Calibration, TitleScorer
+
+
+def test_confidence_is_monotone_in_evidence(built_index):
+    cal = Calibration.from_dict(Matcher.open(built_index).store.manifest["calibration"])
+    assert cal.fitted and cal.weights[0] >= 0 and cal.weights[1] >= 0
+    z = np.linspace(-5, 15, 200)
+    for margin in (0.0, 1.0, 5.0):
+        p = cal.probability(z, margin)
+        assert np.all(np.diff(p) >= 0)
+    m = np.linspace(-5, 10, 200)
+    assert np.all(np.diff(cal.probability(3.0, m)) >= 0)
+
+
+def test_logistic_fit_keeps_weights_non_negative():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    y = (x[:, 0] - 2 * x[:, 1] + rng.normal(size=400) > 0).astype(float)  # margin 'hurts' here
+    beta = _fit_logistic(x, y, np.ones(400))
+    assert beta[0] > 0 and beta[1] == 0.0
+
+
+def test_closer_query_gets_higher_confidence(built_index):
+    m = Matcher.open(built_index)
+    ref = m.match(draw_frame("Night Patrol", 3))  # an indexed still
+    held_out = m.match(draw_frame("Night Patrol", 3003))
+    assert ref.title == held_out.title == "Night Patrol"
+    assert ref.confidence >= held_out.confidence
+
+
+def test_big_title_does_not_win_by_numbers():
+    """A title with 50x more stills has a higher background similarity; normalisation removes it."""
+    cal = Calibration(
+        mu={"Big": 0.80, "Small": 0.60},
+        sigma={"Big": 0.05, "Small": 0.05},
+        n={"Big": 100, "Small": 100},
+        global_mu=0.7,
+        global_sigma=0.05,
+        fitted=True,
+    )
+    scorer = TitleScorer(cal, ["Big", "Small"])
+    sims = np.array([0.84, 0.83, 0.82, 0.78, 0.77])
+    titles = np.array(["Big", "Big", "Big", "Small", "Big"], dtype=object)
+    ranking = scorer.rank(sims, titles, np.arange(5))
+    # Raw similarity favours Big (0.84 vs 0.78) but Big is only 0.8 sigma above its own background
+    # while Small is 3.6 sigma above its own.
+    assert ranking.titles[0] == "Small"
+
+
+def test_unknown_threshold_caps_false_attribution_on_probes(built_index):
+    cal = Calibration.from_dict(Matcher.open(built_index).store.manifest["calibration"])
+    assert 0.5 <= cal.threshold < 1.0
+
+
+def test_single_title_index_falls_back_to_prior(tmp_path):
+    m = Matcher.create(tmp_path / "i")
+    m.add([draw_frame("Ice Kingdom", s) for s in range(5)], title="Ice Kingdom")
+    cal = Calibration.from_dict(m.store.manifest["calibration"])
+    assert cal.fitted is False
+    assert m.match(draw_frame("Ice Kingdom", 2)).title == "Ice Kingdom"

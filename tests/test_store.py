@@ -1,0 +1,112 @@
+"""ReferenceStore on disk: atomic saves, crash recovery, corrupt and mismatched indexes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from matcher import Matcher, MatcherError
+from matcher.store import Reference, ReferenceStore, StoreError
+
+INFO = {"spec": "classic", "pretrained": None, "fingerprint": "f", "dim": 8}
+
+
+def _vecs(n, seed=0):
+    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _refs(n, title="T"):
+    return [Reference(title, f"src{i}.png", None, None) for i in range(n)]
+
+
+def test_crash_before_manifest_rename_keeps_previous_generation(tmp_path, monkeypatch):
+    s = ReferenceStore.create(tmp_path / "i", INFO)
+    s.add(_vecs(5), _refs(5))
+    s.save()
+    s.add(_vecs(3, 1), _refs(3, "U"))
+
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("manifest.json"):
+            raise KeyboardInterrupt("power cut")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        s.save()
+    monkeypatch.setattr(os, "replace", real_replace)
+    s.close()
+
+    again = ReferenceStore.open(tmp_path / "i")
+    assert again.count == 5
+    assert again.titles() == {"T": 5}  # the half-saved rows are gone
+    assert sorted(p.name for p in (tmp_path / "i").glob("vectors-*")) == [again.manifest["vectors"]]
+    sims, ids = again.search(_vecs(1), 3)
+    assert set(again.references(ids[0])) <= set(range(1, 6))
+
+
+def test_search_exclusions(tmp_path):
+    s = ReferenceStore.create(tmp_path / "i", INFO)
+    v = _vecs(10)
+    ids = s.add(v, _refs(10))
+    _, got = s.search(v[:1], 1)
+    assert got[0, 0] == ids[0]
+    _, got = s.search(v[:1], 3, exclude_ids=ids[:1])
+    assert ids[0] not in got[0]
+    _, got = s.search(v[:1], 3, only_ids=ids[5:7])
+    assert set(got[0][got[0] >= 0]) <= set(ids[5:7])
+
+
+def test_corrupt_manifest_is_a_clear_error(tmp_path, built_index):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    (copy / "manifest.json").write_text("{ not json")
+    with pytest.raises(MatcherError, match="corrupt manifest"):
+        Matcher.open(copy)
+
+
+def test_corrupt_vectors_file_is_a_clear_error(tmp_path, built_index):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    vectors = copy / json.loads((copy / "manifest.json").read_text())["vectors"]
+    vectors.write_bytes(vectors.read_bytes()[:100])
+    with pytest.raises(MatcherError, match="corrupt or missing vector file"):
+        Matcher.open(copy)
+
+
+def test_fingerprint_mismatch_is_refused(tmp_path, built_index):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["embedder"]["fingerprint"] = "0000000000000000"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MatcherError, match="model mismatch"):
+        Matcher.open(copy)
+
+
+def test_future_format_is_refused(tmp_path):
+    s = ReferenceStore.create(tmp_path / "i", INFO)
+    s.close()
+    m = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    m["format_version"] = 99
+    (tmp_path / "i" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="format 99 is not supported"):
+        ReferenceStore.open(tmp_path / "i")
+
+
+def test_no_pickle_on_disk(built_index):
+    for f in built_index.iterdir():
+        assert not f.name.endswith((".pkl", ".pickle"))
+    with np.load(next(built_index.glob("probes-*.npz")), allow_pickle=False) as z:
+        assert set(z.files) == {"vectors", "ref_ids", "titles"}
