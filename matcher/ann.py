@@ -119,7 +119,7 @@ def build(
     vectors: np.ndarray,
     ids: Any,
     *,
-    exact_max: int = DEFAULT_EXACT_MAX,
+    exact_max: int | None = None,
     min_recall: float = DEFAULT_MIN_RECALL,
     nlist: int | None = None,
     eval_queries: int = DEFAULT_EVAL_QUERIES,
@@ -133,6 +133,7 @@ def build(
     """
     faiss = _faiss()
     t0 = time.perf_counter()
+    exact_max = DEFAULT_EXACT_MAX if exact_max is None else exact_max
     vectors = _as_f32(vectors)
     n, d = vectors.shape
     ids = _as_ids(ids, n)
@@ -179,6 +180,7 @@ def build(
     index.add_with_ids(vectors, ids)
     info = _info(index, recall=1.0, seconds=time.perf_counter() - t0)
     info["note"] = f"ivf recall@10 {recall:.4f} < {min_recall} at nprobe {nprobe // 2}; fell back to exact"
+    info["fallback_at"] = n
     return index, info
 
 
@@ -225,13 +227,27 @@ def _flat_view(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
     return vectors, ids
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each (nq x k), best first; missing neighbours have id -1 and score -inf."""
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, sel: faiss.IDSelector | None = None, widen: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (nq x k), best first; missing neighbours have id -1 and score -inf.
+
+    `sel` restricts the search to the ids a faiss IDSelector accepts (the caller keeps it alive);
+    on IVF, `widen` multiplies nprobe for such restricted searches, whose few eligible vectors may
+    sit in lists a plain search would not probe.
+    """
+    faiss = _faiss()
     queries = _as_f32(queries)
     k = int(max(1, k))
     nq = len(queries)
     if index.ntotal == 0 or nq == 0:
         return (np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
+    if sel is not None:
+        ivf = _ivf(index)
+        if ivf is None:
+            return index.search(queries, k, params=faiss.SearchParameters(sel=sel))
+        nprobe = min(int(ivf.nlist), int(ivf.nprobe) * max(1, int(widen)))
+        return index.search(queries, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
     view = _flat_view(index) if nq < GEMV_MAX_QUERIES else None
     if view is None:
         return index.search(queries, k)
@@ -249,6 +265,44 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return out_d, out_i
 
 
+def all_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of every stored (vector, id), for rebuilding an index of another kind."""
+    faiss = _faiss()
+    view = _flat_view(index)
+    if view is not None:
+        return view[0].copy(), view[1].copy()
+    if index.ntotal == 0:
+        return np.zeros((0, index.d), np.float32), np.zeros(0, np.int64)
+    ivf = _ivf(index)
+    if ivf is None:
+        raise TypeError(f"cannot read vectors back from a {type(index).__name__}")
+    invlists, d = ivf.invlists, int(ivf.d)
+    vectors = np.empty((int(ivf.ntotal), d), np.float32)
+    ids = np.empty(int(ivf.ntotal), np.int64)
+    at = 0
+    for lst in range(int(ivf.nlist)):
+        size = int(invlists.list_size(lst))
+        if not size:
+            continue
+        codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * d * 4)
+        vectors[at : at + size] = np.frombuffer(codes, dtype=np.float32).reshape(size, d)
+        ids[at : at + size] = faiss.rev_swig_ptr(invlists.get_ids(lst), size)
+        at += size
+    return vectors[:at], ids[:at]
+
+
+def reconstruct(index: faiss.Index, ids: Any) -> np.ndarray:
+    """Stored vectors for the given ids (exact: by id map; IVF: via a hash-table direct map)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    ivf = _ivf(index)
+    if ivf is not None and ivf.direct_map.type == 0:  # NoMap
+        ivf.set_direct_map_type(_faiss().DirectMap.Hashtable)
+    out = np.empty((len(ids), index.d), np.float32)
+    for row, i in enumerate(ids):
+        out[row] = index.reconstruct(int(i))
+    return out
+
+
 def add(index: faiss.Index, vectors: np.ndarray, ids: Any) -> None:
     """Add vectors to an index opened writable (not memory-mapped). IVF assigns them to trained lists."""
     vectors = _as_f32(vectors)
@@ -264,14 +318,22 @@ def remove(index: faiss.Index, ids: Any) -> int:
     return int(index.remove_ids(_faiss().IDSelectorBatch(ids)))
 
 
-def should_rebuild(index: faiss.Index, info: dict | None, *, exact_max: int = DEFAULT_EXACT_MAX) -> bool:
-    """True when the index kind no longer fits its size: an exact index grown past 2x `exact_max`,
-    or an IVF index whose size has changed 4x since it was trained (its lists no longer fit)."""
+def should_rebuild(index: faiss.Index, info: dict | None, *, exact_max: int | None = None) -> bool:
+    """Whether the index kind no longer fits its size (the store rebuilds with `build` on save).
+
+    Exact grown past `exact_max` -> rebuild (if a build fell back to exact at `info["fallback_at"]`
+    vectors, only once the index has doubled since). IVF whose size changed 4x since it was trained
+    (its lists no longer fit the data) or that shrank below `exact_max / 2` -> rebuild.
+    """
+    exact_max = DEFAULT_EXACT_MAX if exact_max is None else exact_max
     n = int(index.ntotal)
+    info = info or {}
     if _ivf(index) is None:
-        return n > 2 * exact_max and not (info or {}).get("note")
-    built = int((info or {}).get("ntotal") or n)
-    return n > 4 * built or n * 4 < built
+        if n <= exact_max:
+            return False
+        return n >= 2 * int(info.get("fallback_at") or 0)
+    built = int(info.get("ntotal") or 0)
+    return n > 4 * max(built, 1) or 4 * n < built or n < exact_max // 2
 
 
 def write_index(index: faiss.Index, path: str | os.PathLike) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher import ann
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE = "metadata.sqlite"
@@ -98,7 +100,6 @@ class ReferenceStore:
     @classmethod
     def create(cls, root: str | os.PathLike, embedder: dict) -> ReferenceStore:
         """A new empty store; ``embedder`` is {spec, pretrained, fingerprint, dim}."""
-        import faiss
 
         root = Path(root)
         if (root / MANIFEST).exists():
@@ -118,7 +119,7 @@ class ReferenceStore:
             "threshold": None,
         }
         db = cls._connect(root)
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(manifest["dim"]))
+        index = ann.exact_index(manifest["dim"])
         store = cls(root, manifest, index, db, _empty_probes(manifest["dim"]))
         store._dirty = True
         store.save()
@@ -126,7 +127,6 @@ class ReferenceStore:
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> ReferenceStore:
-        import faiss
 
         root = Path(root)
         mpath = root / MANIFEST
@@ -146,16 +146,20 @@ class ReferenceStore:
                 f"(reads format {FORMAT_VERSION})"
             )
         dim = int(manifest["dim"])
+        mapped = False
         if manifest.get("vectors"):
             vpath = root / manifest["vectors"]
             try:
-                index = faiss.read_index(str(vpath))
+                # Large indexes open memory-mapped (read-only, shared page cache); `_writable`
+                # reloads them into memory before the first add/remove.
+                mapped = vpath.stat().st_size >= ann.MMAP_MIN_BYTES
+                index = ann.read_index(vpath, mmap=mapped)
             except Exception as exc:
                 raise StoreError(f"{vpath}: corrupt or missing vector file ({exc})") from None
             if index.d != dim or index.ntotal != manifest["count"]:
                 raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
         else:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            index = ann.exact_index(dim)
         probes = _empty_probes(dim)
         if manifest.get("probes"):
             ppath = root / manifest["probes"]
@@ -170,8 +174,15 @@ class ReferenceStore:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{root / DATABASE}: corrupt metadata database ({exc})") from None
         store = cls(root, manifest, index, db, probes)
+        store._mapped = mapped
         store._recover()
         return store
+
+    def _writable(self) -> None:
+        """Load a memory-mapped index into memory so that it can be changed."""
+        if getattr(self, "_mapped", False):
+            self.index = ann.read_index(self.root / self.manifest["vectors"], mmap=False)
+            self._mapped = False
 
     @staticmethod
     def _connect(root: Path) -> sqlite3.Connection:
@@ -243,10 +254,7 @@ class ReferenceStore:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors for the given ids (used for calibration statistics)."""
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
-        for row, i in enumerate(ids):
-            out[row] = self.index.reconstruct(int(i))
-        return out
+        return ann.reconstruct(self.index, ids)
 
     def search(
         self,
@@ -268,15 +276,14 @@ class ReferenceStore:
         if only_ids is not None:
             allowed = np.ascontiguousarray(only_ids, dtype=np.int64)
             inner = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
-            sims, ids = self.index.search(queries, k, params=faiss.SearchParameters(sel=inner))
-            return sims, ids
+            # Few eligible vectors: an IVF index probes 4x the lists to find them.
+            return ann.search(self.index, queries, k, sel=inner, widen=4)
         if exclude_ids is not None and len(exclude_ids):
             excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
             inner = faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded))  # kept alive: sel uses it
             sel = faiss.IDSelectorNot(inner)
-            sims, ids = self.index.search(queries, k, params=faiss.SearchParameters(sel=sel))
-            return sims, ids
-        return self.index.search(queries, k)
+            return ann.search(self.index, queries, k, sel=sel)
+        return ann.search(self.index, queries, k)
 
     # ---------------------------------------------------------------- writing
     def add(self, vectors: np.ndarray, refs: Sequence[Reference]) -> np.ndarray:
@@ -286,6 +293,7 @@ class ReferenceStore:
             raise StoreError(f"vectors of shape {vectors.shape} do not fit an index of dim {self.dim}")
         if len(vectors) != len(refs):
             raise ValueError("one reference per vector")
+        self._writable()
         gen = self.manifest["generation"] + 1
         with self.db:
             ids = [
@@ -306,12 +314,13 @@ class ReferenceStore:
         ids = self.ids_of_title(title)
         if len(ids) == 0:
             return 0
+        self._writable()
         gen = self.manifest["generation"] + 1
         with self.db:
             self.db.execute(
                 "UPDATE refs SET removed_gen = ? WHERE title = ? AND removed_gen IS NULL", (gen, title)
             )
-        self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        ann.remove(self.index, ids)
         keep = self.probes["titles"] != title
         self.probes = {k: v[keep] for k, v in self.probes.items()}
         self._dirty = True
@@ -327,16 +336,21 @@ class ReferenceStore:
 
     def save(self, **manifest_updates) -> None:
         """Write a new generation atomically (files first, manifest rename last)."""
-        import faiss
 
         if not self._dirty and not manifest_updates:
             return
         gen = self.manifest["generation"] + 1
         manifest = dict(self.manifest, **manifest_updates)
+        if ann.should_rebuild(self.index, manifest.get("search")):
+            # Grown past exact search (or an IVF index's size changed 4x since it was trained):
+            # rebuild the kind that fits, with recall@10 measured (see ann.build).
+            self.index, manifest["search"] = ann.build(*ann.all_vectors(self.index))
+        elif ann.describe(self.index)["kind"] == "exact":  # keep a fallback's note and size
+            manifest["search"] = {**(manifest.get("search") or {}), **ann.describe(self.index)}
         manifest.update(generation=gen, count=int(self.index.ntotal), vectors=f"vectors-{gen}.faiss")
         vpath = self.root / manifest["vectors"]
         tmp = vpath.with_name(vpath.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
+        ann.write_index(self.index, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, vpath)

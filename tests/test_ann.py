@@ -116,3 +116,49 @@ def test_exact_gemv_path_matches_faiss():
     assert np.array_equal(i_fast, i_ref) and np.allclose(d_fast, d_ref, atol=1e-5)
     d_big, i_big = ann.search(index, x[:3], 5000)  # k > n pads with -1
     assert (i_big[:, 2000:] == -1).all() and sorted(i_big[0, :2000].tolist()) == sorted(ids.tolist())
+
+
+def test_all_vectors_reconstruct_and_selectors():
+    x = clustered(3000)
+    ids = np.arange(3000, dtype=np.int64) * 2 + 1
+    for exact_max in (10_000, 500):
+        index, info = ann.build(x, ids, exact_max=exact_max, eval_queries=200)
+        vecs, got = ann.all_vectors(index)
+        order = np.argsort(got)
+        assert np.array_equal(got[order], ids) and np.allclose(vecs[order], x)
+        assert np.allclose(ann.reconstruct(index, ids[[5, 7]]), x[[5, 7]])
+        allowed = np.ascontiguousarray(ids[:50])
+        sel = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
+        _, found = ann.search(index, x[:3], 5, sel=sel, widen=100)
+        assert set(found[found >= 0].tolist()) <= set(allowed.tolist()) and found[0, 0] == ids[0]
+
+
+def test_store_switches_to_ivf_and_opens_mmapped(tmp_path, monkeypatch):
+    from matcher.store import Reference, ReferenceStore
+
+    monkeypatch.setattr(ann, "DEFAULT_EXACT_MAX", 1000)
+    x = clustered(3000)
+    store = ReferenceStore.create(
+        tmp_path / "idx", {"spec": "t", "pretrained": None, "fingerprint": "f", "dim": 64}
+    )
+    refs = [Reference(title="A" if i % 2 else "B", source=f"s{i}") for i in range(3000)]
+    ids = store.add(x, refs)
+    store.save()
+    info = store.manifest["search"]
+    assert info["kind"] == "ivf-flat" and info["recall_at_10"] >= 0.99
+    store.close()
+
+    monkeypatch.setattr(ann, "MMAP_MIN_BYTES", 0)
+    store = ReferenceStore.open(tmp_path / "idx")
+    assert store._mapped and store.count == 3000
+    _, found = store.search(x[:4], 3)
+    assert found[:, 0].tolist() == ids[:4].tolist()
+    _, only = store.search(x[:2], 3, only_ids=store.ids_of_title("A"))
+    assert set(only[only >= 0].tolist()) <= set(store.ids_of_title("A").tolist())
+    assert store.remove_title("B") == 1500 and not store._mapped
+    store.save()
+    store.close()
+    store = ReferenceStore.open(tmp_path / "idx")
+    assert store.count == 1500 and store.manifest["search"]["kind"] == "ivf-flat"
+    assert np.allclose(store.vectors(ids[1:2]), x[1:2])
+    store.close()
