@@ -14,7 +14,7 @@ python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q --user uv >
     || python3 -m pip install -q uv
 if python3 -m uv --version >/dev/null 2>&1; then
     [ -x .venv/bin/python ] || python3 -m uv venv -q .venv
-    VIRTUAL_ENV="$PWD/.venv" python3 -m uv pip install -q -e ".[${extras}]"
+    python3 -m uv pip install -q --python .venv/bin/python -e ".[${extras}]"
 else
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/python -m pip install -q -e ".[${extras}]"
