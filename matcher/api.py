@@ -21,6 +21,7 @@ from PIL import Image
 
 from matcher import calibration
 from matcher.embedders import Embedder, EmbedderError, create_embedder
+from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
 from matcher.scoring import Calibration, TitleScorer
 from matcher.sources import InputError, Still, iter_stills, to_rgb, walk
@@ -158,7 +159,8 @@ class Matcher:
             nonlocal added, seen_for_probes
             if not batch:
                 return
-            vecs = self.embedder.embed([s.image for s in batch])
+            vecs = np.stack([e.vector for e in batch])
+            batch[:] = [e.still for e in batch]  # still.image: a copy <= 512 px, for probes
             refs = [Reference(title, _source(s.path), s.sha256, s.timestamp, episode) for s in batch]
             ids = self.store.add(vecs, refs)
             for s, rid in zip(batch, ids):
@@ -172,8 +174,16 @@ class Matcher:
             added += len(batch)
             batch.clear()
 
-        for still in self._stills(items, every=every, names=names, on_error=on_error):
-            batch.append(still)
+        # Decoded in worker processes while the previous batch is embedded (matcher.pipeline);
+        # videos are sampled at scene changes too, near-identical consecutive stills dropped.
+        for e in embed_stills(
+            items, self.embedder, every=every, distinct=True, names=names, keep_images=True
+        ):
+            if e.error is not None:
+                for _ in self._fail(e.error, on_error, False):
+                    pass
+                continue
+            batch.append(e)
             if len(batch) >= BATCH:
                 flush()
         flush()
@@ -238,18 +248,22 @@ class Matcher:
     ) -> Iterator[MatchResult]:
         """Stream results: one per image, one per sampled still of a video, one error result per
         unreadable input. Directories are walked recursively. Embedding is batched."""
-        batch: list[Still] = []
-        for entry in self._stills(items, every=every, errors_as_results=True):
-            if isinstance(entry, MatchResult):
-                yield from self._match_batch(batch, min_confidence)
-                batch.clear()
-                yield entry
+        batch: list = []  # matcher.pipeline.Embedded: decoded in workers, embedded in batches
+
+        def scored():
+            out = self._score(np.stack([e.vector for e in batch]), [e.still for e in batch], min_confidence)
+            batch.clear()
+            return out
+
+        for e in embed_stills(items, self.embedder, every=every, batch_size=BATCH):
+            if e.error is not None:
+                yield from scored() if batch else ()
+                yield MatchResult.failed(e.error.path, e.error.reason)
                 continue
-            batch.append(entry)
+            batch.append(e)
             if len(batch) >= BATCH:
-                yield from self._match_batch(batch, min_confidence)
-                batch.clear()
-        yield from self._match_batch(batch, min_confidence)
+                yield from scored()
+        yield from scored() if batch else ()
 
     def match_vectors(self, vectors: np.ndarray, min_confidence: float | None = None) -> list[MatchResult]:
         """Score already-embedded queries (for pipelines that embed elsewhere)."""

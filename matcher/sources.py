@@ -55,6 +55,7 @@ class Still:
     path: str
     sha256: str | None
     timestamp: float | None = None  # seconds into the video; None for still images
+    timestamp_end: float | None = None  # distinct sampling: last time this picture was still showing
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -150,8 +151,13 @@ def iter_video_stills(path: str | os.PathLike, every: float = 1.0) -> Iterator[t
             raise InputError(path, f"video decoding failed ({exc})") from None
 
 
-def iter_stills(path: str | os.PathLike, every: float = 1.0, with_sha256: bool = True) -> Iterator[Still]:
-    """All stills of one file: the image itself, or one still every ``every`` seconds of a video."""
+def iter_stills(
+    path: str | os.PathLike, every: float = 1.0, with_sha256: bool = True, distinct: bool = False
+) -> Iterator[Still]:
+    """All stills of one file: the image itself, or one still every ``every`` seconds of a video.
+
+    ``distinct`` (reference ingestion): also a still at every scene cut, and near-identical
+    consecutive stills dropped, each kept one covering [timestamp, timestamp_end] (matcher.video)."""
     p = Path(path)
     try:
         if not p.is_file():
@@ -166,6 +172,11 @@ def iter_stills(path: str | os.PathLike, every: float = 1.0, with_sha256: bool =
         raise InputError(path, "permission denied") from None
     if kind == "image":
         yield Still(open_image(p), str(path), digest)
+    elif kind == "video" and distinct:
+        from matcher.video import sample_video
+
+        for vs in sample_video(p, every):
+            yield Still(vs.image, str(path), digest, vs.start, vs.end)
     elif kind == "video":
         for t, im in iter_video_stills(p, every):
             yield Still(im, str(path), digest, t)

@@ -162,6 +162,13 @@ class ClipEmbedder:
         model.eval()
         if self.device == "cpu":
             torch.set_num_threads(max(1, os.cpu_count() or 1))
+        elif self.device == "cuda":
+            # Half precision on GPU: bf16 where supported (no overflow), else fp16.
+            self._dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._channels_last = not arch.startswith("ViT")  # helps conv towers (RN, ConvNeXt) only
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.decode_transform, self._mean, self._std = _split_preprocess(preprocess)
         self._torch = torch
         self.model = model
         self.preprocess = preprocess
@@ -184,3 +191,47 @@ class ClipEmbedder:
             feats = self.model.encode_image(batch.to(self.device))
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
         return feats.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_prepared(self, arrays: Sequence) -> np.ndarray:
+        """Embed outputs of `decode_transform` (HxWx3 uint8 arrays, e.g. from decode workers):
+        one batch conversion + normalisation, then the forward pass (autocast on GPU)."""
+        torch = self._torch
+        if len(arrays) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self._mean.to(x.device)) / self._std.to(x.device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = getattr(self, "_dtype", None)
+        with torch.inference_mode(), torch.autocast(self.device, dtype=dtype, enabled=dtype is not None):
+            feats = self.model.encode_image(x)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+class _PilSide:
+    """The PIL half of an open_clip preprocess (resize, crop, mode), returning HxWx3 uint8: runs in
+    decode workers without touching torch, and pickles small (spawn start method)."""
+
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, image) -> np.ndarray:
+        for t in self.transforms:
+            image = t(image)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _split_preprocess(preprocess):
+    """(PIL-side callable, mean, std as (1,3,1,1) tensors) from an open_clip Compose."""
+    import torch
+
+    steps = list(getattr(preprocess, "transforms", []))
+    cut = next((i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__), None)
+    norm = next((t for t in steps if type(t).__name__ == "Normalize"), None)
+    if cut is None or norm is None or any(type(t).__name__ not in ("Normalize",) for t in steps[cut + 1 :]):
+        return None, None, None  # unknown layout: the pipeline falls back to prepare()/embed()
+    mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, dtype=torch.float32).view(1, 3, 1, 1)
+    return _PilSide(steps[:cut]), mean, std
