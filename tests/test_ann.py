@@ -162,3 +162,18 @@ def test_store_switches_to_ivf_and_opens_mmapped(tmp_path, monkeypatch):
     assert store.count == 1500 and store.manifest["search"]["kind"] == "ivf-flat"
     assert np.allclose(store.vectors(ids[1:2]), x[1:2])
     store.close()
+
+
+def test_unaligned_mmapped_exact_search_matches(tmp_path, monkeypatch):
+    x = clustered(5000)
+    index, _ = ann.build(x, np.arange(5000))
+    path = tmp_path / "e.faiss"
+    ann.write_index(index, path)
+    opened = ann.read_index(path, mmap=True)
+    monkeypatch.setattr(ann, "UNALIGNED_BLOCK", 700)
+    vectors, _ = ann._flat_view(opened)
+    d1, i1 = ann.search(opened, x[:3], 5)
+    d2, i2 = index.search(x[:3], 5)
+    assert np.array_equal(i1, i2) and np.allclose(d1, d2, atol=1e-5)
+    if not vectors.flags.aligned:  # faiss's file layout puts the codes at an odd offset
+        assert vectors.ctypes.data % 4 != 0
