@@ -174,12 +174,43 @@ def match_cmd(
     pretrained: str | None = PretrainedOpt,
     models_dir: Path | None = ModelsOpt,
     device: str | None = typer.Option(None, "--device"),
+    out: Path | None = typer.Option(
+        None, "--out", help="Dump mode: append one JSON line per file to this report; re-run to resume."
+    ),
+    csv_out: Path | None = typer.Option(None, "--csv", help="Dump mode: CSV mirror of the report."),
+    html_out: Path | None = typer.Option(
+        None, "--html", help="Dump mode: self-contained HTML evidence report."
+    ),
+    all_frames: bool = typer.Option(
+        False, "--all-frames", help="Dump mode: match every frame of animations."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Dump mode: no progress bar."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Dump mode: decode processes."),
 ) -> None:
-    """Match frames against the index: best title, confidence and evidence for each input."""
+    """Match frames against the index: best title, confidence and evidence for each input.
+
+    With --out/--csv/--html, PATH is a dump directory matched file by file (see matcher.dump)."""
     try:
         m = Matcher.open(index, pretrained=pretrained, models_dir=models_dir, device=device)
     except MatcherError as exc:
         _die(str(exc))
+    if out or csv_out or html_out:
+        from matcher import dump
+
+        code = dump.cli_main(
+            paths,
+            m,
+            out=out,
+            csv=csv_out,
+            html=html_out,
+            every=every,
+            all_frames=all_frames,
+            quiet=quiet,
+            workers=workers,
+            min_confidence=min_confidence,
+            as_json=as_json,
+        )
+        raise typer.Exit(code)
     if not as_json:
         typer.echo("path\ttitle\tconfidence\tdetails")
     for result in m.match_many(paths, min_confidence=min_confidence, every=every):

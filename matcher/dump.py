@@ -467,6 +467,17 @@ def _data_uri(im, side: int = 160) -> str:
 
 
 def _worker_init() -> None:
+    if sys.platform.startswith("linux"):  # die with the parent, even when it is SIGKILLed
+        with contextlib.suppress(Exception):
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:
+                os._exit(0)
+    for fd in list(rpt.OPEN_FDS):  # inherited by fork: the report belongs to the parent only
+        with contextlib.suppress(OSError):
+            os.close(fd)
     # Workers must not compete with the embedder for cores through hidden thread pools.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with contextlib.suppress(Exception):
@@ -595,6 +606,9 @@ class DecodePool:
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self.pool is None:
+            for stream in (sys.stdout, sys.stderr):  # a forked child must not re-flush our buffers
+                with contextlib.suppress(Exception):
+                    stream.flush()
             self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_worker_init)
         return self.pool
 
@@ -612,10 +626,15 @@ class DecodePool:
         with contextlib.suppress(Exception):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def close(self) -> None:
-        if self.pool is not None:
+    def close(self, graceful: bool = True) -> None:
+        """Let idle workers exit (graceful) or kill them (on error / interrupt: one may be hung)."""
+        if self.pool is None:
+            return
+        if graceful:
+            pool, self.pool = self.pool, None
             with contextlib.suppress(Exception):
-                self.pool.shutdown(wait=False, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)
+        else:
             self._kill()
 
     def run_one(self, task: Task) -> dict:
@@ -694,11 +713,11 @@ class DumpStats:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-def _match_images(matcher, images: list) -> list:
-    """MatchResults for a batch of PIL images (embedded together)."""
-    if hasattr(matcher, "match_images"):
-        return list(matcher.match_images(images))
-    return list(matcher.match_many(images))
+def _match_images(matcher, images: list, min_confidence: float | None = None) -> list:
+    """MatchResults for a batch of PIL images (embedded together, scored together)."""
+    if hasattr(matcher, "match_vectors") and hasattr(matcher, "embedder"):
+        return list(matcher.match_vectors(matcher.embedder.embed(images), min_confidence=min_confidence))
+    return list(matcher.match_many(images, min_confidence=min_confidence))
 
 
 def aggregate(parts: list[dict], kind: str) -> dict:
@@ -786,7 +805,8 @@ class DumpRun:
         decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         custody: dict | None = None,
-        echo: Callable[[str], None] | None = None,
+        on_record: Callable[[dict], None] | None = None,
+        min_confidence: float | None = None,
         fsync: bool = True,
     ):
         self.root = Path(root)
@@ -798,7 +818,8 @@ class DumpRun:
         self.batch_size = max(1, batch_size)
         self.decode_timeout = decode_timeout
         self.custody_extra = custody or {}
-        self.echo = echo or (lambda s: print(s))
+        self.on_record = on_record
+        self.min_confidence = min_confidence
         self.fsync = fsync
         self.memory_records: list[dict] = []
         self.stats = DumpStats()
@@ -839,6 +860,8 @@ class DumpRun:
             self._advance()
             return
         self._write(rec)
+        if self.on_record is not None:
+            self.on_record(rec)
         self.stats.written += 1
         self.stats.statuses[rec["status"]] += 1
         self._advance()
@@ -853,17 +876,18 @@ class DumpRun:
             info["tool_version"] = getattr(sys.modules.get("matcher"), "__version__", "unknown")
         m = self.matcher
         emb = getattr(m, "embedder", None)
-        store = getattr(m, "store", None)
         info["model_spec"] = getattr(emb, "spec", None)
         info["model_fingerprint"] = getattr(emb, "fingerprint", None)
-        for name in ("fingerprint", "index_fingerprint"):
-            fp = getattr(m, name, None) or getattr(store, name, None)
-            if fp is not None:
-                info["index_fingerprint"] = fp() if callable(fp) else fp
-                break
-        idx = getattr(m, "index_dir", None) or getattr(store, "root", None) or getattr(store, "path", None)
-        if idx is not None:
-            info["index"] = str(idx)
+        with contextlib.suppress(Exception):
+            meta = m.info()
+            info["index"] = meta.get("index")
+            info["index_generation"] = meta.get("generation")
+            info["index_references"] = meta.get("references")
+            info["index_titles"] = len(meta.get("titles") or {})
+            manifest = Path(meta["index"]) / "manifest.json"
+            # the manifest names the generation's vector/metadata files and the calibration: its
+            # hash pins the exact index state the verdicts came from
+            info["index_fingerprint"] = "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
         info["dump_root"] = str(self.root.resolve())
         info["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         info["every_s"] = self.limits.every
@@ -917,6 +941,7 @@ class DumpRun:
         self.csvw = None
         self.pool = None
         self.progress = None
+        ok = False
         try:
             if self.csv_path:
                 self.csvw = rpt.CsvReport(self.csv_path, source=self.out)
@@ -947,12 +972,13 @@ class DumpRun:
                 self.progress = None
             if self.html:
                 self._write_html(records)
+            ok = True
             return self.stats
         finally:
             if self.progress is not None:
                 self.progress.stop()
             if self.pool is not None:
-                self.pool.close()
+                self.pool.close(graceful=ok)
             if self.csvw is not None:
                 self.csvw.close()
             if self.report is not None:
@@ -1104,12 +1130,12 @@ class DumpRun:
         batch, self.queue = self.queue, []
         images = [im for _, _, im in batch]
         try:
-            results = _match_images(self.matcher, images)
+            results = _match_images(self.matcher, images, self.min_confidence)
         except Exception as e:  # noqa: BLE001 - one bad batch must not end the run: retry one by one
             results = []
             for im in images:
                 try:
-                    results.extend(_match_images(self.matcher, [im]))
+                    results.extend(_match_images(self.matcher, [im], self.min_confidence))
                 except Exception as e2:  # noqa: BLE001
                     results.append(e2)
             del e
@@ -1200,9 +1226,79 @@ class DumpRun:
             custody["report_generated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             rpt.write_html(self.html, records, custody, thumb=thumb, ref_thumb=ref_thumb)
         finally:
-            pool.close()
+            pool.close(graceful=False)
 
 
 def run_dump(root, matcher, **kwargs) -> DumpStats:
     """Convenience wrapper: `DumpRun(root, matcher, **kwargs).run()`."""
     return DumpRun(root, matcher, **kwargs).run()
+
+
+def cli_main(
+    paths: list,
+    matcher,
+    out=None,
+    csv=None,
+    html=None,
+    every: float = DEFAULT_EVERY,
+    all_frames: bool = False,
+    quiet: bool = False,
+    workers: int | None = None,
+    min_confidence: float | None = None,
+    as_json: bool = False,
+) -> int:
+    """`matcher match DUMP_DIR --out ...`: run, print the summary, return the exit code.
+
+    0 when the run processed everything (per-file errors are in the report); 2 when it could not run
+    (bad dump path, report locked/unwritable); 130 when interrupted (the report keeps what was done).
+    """
+
+    def err(msg: str) -> None:
+        print(f"matcher: error: {one_line(msg)}", file=sys.stderr)
+
+    if len(paths) != 1 or not Path(paths[0]).is_dir():
+        what = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
+        err(f"{what}: --out/--csv/--html take exactly one dump directory")
+        return 2
+    on_record = None
+    if as_json:
+        import json
+
+        def on_record(rec: dict) -> None:
+            sys.stdout.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.flush()
+
+    run = DumpRun(
+        paths[0],
+        matcher,
+        out=out,
+        csv=csv,
+        html=html,
+        every=every,
+        all_frames=all_frames,
+        quiet=quiet,
+        workers=workers,
+        min_confidence=min_confidence,
+        on_record=on_record,
+    )
+    try:
+        stats = run.run()
+    except rpt.ReportError as e:
+        err(str(e))
+        return 2
+    except KeyboardInterrupt:
+        err(f"interrupted after {run.stats.written} files; re-run with the same --out to finish")
+        return 130
+    except OSError as e:
+        err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
+        return 2
+    text = rpt.format_summary(stats.summary)
+    text += f"\n{stats.files} entries in {stats.seconds:.1f} s"
+    if stats.resumed:
+        text += f" ({stats.resumed} already in the report)"
+    if out:
+        text += f"; report: {out}"
+    if html:
+        text += f"; HTML: {html}"
+    print(text, file=sys.stderr if as_json else sys.stdout)
+    return 0

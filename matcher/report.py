@@ -66,6 +66,11 @@ CSV_FIELDS = [
 ]
 
 
+#: Descriptors of open reports. Forked decode workers close them first thing, so that a worker
+#: never holds the report's flock (or a copy of its descriptor) after the run ends.
+OPEN_FDS: set[int] = set()
+
+
 class ReportError(Exception):
     """The report file itself cannot be used (locked by another run, unwritable, not a report)."""
 
@@ -140,6 +145,7 @@ class JsonlReport:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise ReportError(f"{self.path}: report is in use by another matcher run") from None
             raise ReportError(f"{self.path}: cannot lock report: {e.strerror or e}") from None
+        OPEN_FDS.add(self.fd)
         self._repair_tail()
         self._load()
 
@@ -210,6 +216,7 @@ class JsonlReport:
 
     def close(self) -> None:
         if self.fd >= 0:
+            OPEN_FDS.discard(self.fd)
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1

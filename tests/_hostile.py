@@ -139,7 +139,7 @@ def make_dump(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
     put("good/e.tga", save_bytes(cel(1, 0), "TGA"), "matched", B)
     put("good/f.psd", psd_bytes(cel(2, 3)), "matched", C)
     put("good/really_a_jpeg.txt", save_bytes(cel(2, 1), "JPEG", quality=90), "matched", C)
-    put("good/noise.png", save_bytes(noise(), "PNG"), "unknown")
+    put("good/grey.png", save_bytes(Image.new("RGB", (200, 150), (128, 128, 128)), "PNG"), "unknown")
     # multi-page TIFF: 2 pages of A, 1 of B -> verdict A
     tif = io.BytesIO()
     cel(0, 0).save(tif, format="TIFF", save_all=True, append_images=[cel(0, 2), cel(1, 1)])
