@@ -194,3 +194,17 @@ def make_dump(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
         fh.write(save_bytes(cel(0, 1), "PNG"))
     exp["names/bad\\xffbyte.png"] = ("matched", A)
     return exp
+
+
+def build_world(base: Path) -> dict:
+    """References, a tiny real classic index over them, and the hostile dump."""
+    from matcher.api import Matcher
+
+    refs = make_references(base / "refs")
+    index = base / "index"
+    m = Matcher.create(index, model="classic")
+    for title, paths in refs.items():
+        m.add(paths, title=title)
+    m.close()
+    expected = make_dump(base / "dump", base / "outside")
+    return {"base": base, "index": index, "dump": base / "dump", "expected": expected}

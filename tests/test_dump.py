@@ -30,15 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("world")
-    refs = _hostile.make_references(base / "refs")
-    index = base / "index"
-    m = Matcher.create(index, model="classic")
-    for title, paths in refs.items():
-        m.add(paths, title=title)
-    m.close()
-    expected = _hostile.make_dump(base / "dump", base / "outside")
-    return {"base": base, "index": index, "dump": base / "dump", "expected": expected}
+    return _hostile.build_world(tmp_path_factory.mktemp("world"))
 
 
 def run(world, out: Path | None, **kw):
