@@ -34,7 +34,7 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -43,6 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from matcher import report as rpt
+from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
+    IMAGE_FORMATS,
+    Entry,
+    display,
+    link_entry,
+    sniff_bytes,
+)
+from matcher.sources import walk_dump as walk
 
 #: Largest image (width * height) decoded; checked from the header before decoding. 100 Mpx covers
 #: 8K frames and large scans; a 1 GB RGB buffer is the most one image can cost a worker.
@@ -56,15 +64,11 @@ SEGMENT = 32
 #: Frames of one animation or pages of one TIFF matched at most (the rest are noted in the reason).
 MAX_FRAMES = 2000
 
-IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "TGA", "PSD")
-VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
-
 
 # ==================================================================================================
 # Worker side: sniffing and decoding (runs in the decode processes; imports Pillow and PyAV only)
 # ==================================================================================================
-class InputError(Exception):
+class FileProblem(Exception):
     """A file that cannot be matched; ``status`` is 'error' or 'skipped', ``reason`` one line."""
 
     def __init__(self, reason: str, status: str = "error", kind: str | None = None):
@@ -78,106 +82,6 @@ def one_line(text: Any, limit: int = 300) -> str:
     s = " ".join(str(text).split())
     s = s.encode("utf-8", "backslashreplace").decode("utf-8")
     return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if not head:
-        return False
-    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
-        return True
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # a multi-byte char cut at the end of the sample is fine
-            return False
-    ctrl = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
-    return ctrl <= len(head) // 100
-
-
-def _tga_plausible(head: bytes, tail: bytes) -> bool:
-    if tail.endswith(b"TRUEVISION-XFILE.\x00"):
-        return True
-    if len(head) < 18:
-        return False
-    cmap, itype, depth = head[1], head[2], head[16]
-    w, h = int.from_bytes(head[12:14], "little"), int.from_bytes(head[14:16], "little")
-    return (
-        cmap in (0, 1) and itype in (1, 2, 3, 9, 10, 11) and depth in (8, 15, 16, 24, 32) and w > 0 and h > 0
-    )
-
-
-def sniff(head: bytes, tail: bytes = b"", name: str = "") -> tuple[str, str]:
-    """Classify by content: ('image'|'video'|'skipped', description)."""
-    ext = os.path.splitext(name)[1].lower()
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image", "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image", "JPEG"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image", "GIF"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image", "TIFF"
-    if head.startswith(b"8BPS"):
-        return "image", "PSD"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "image", "WebP"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "video", "AVI"
-    if (
-        head.startswith(b"BM")
-        and len(head) >= 18
-        and int.from_bytes(head[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
-    ):
-        return "image", "BMP"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video", "Matroska/WebM"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
-            return "skipped", f"HEIF/AVIF image ({brand.decode('latin-1').strip()}) is not a supported format"
-        return "video", "MP4/QuickTime"
-    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"pnot", b"skip"):
-        return "video", "QuickTime"
-    if head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
-        return "video", "MPEG-PS"
-    if head.startswith(b"FLV\x01"):
-        return "video", "FLV"
-    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
-        return "video", "ASF/WMV"
-    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
-        return "video", "MPEG-TS"
-    archives = {
-        b"PK\x03\x04": "zip archive",
-        b"PK\x05\x06": "zip archive (empty)",
-        b"\x1f\x8b": "gzip archive",
-        b"7z\xbc\xaf\x27\x1c": "7-Zip archive",
-        b"Rar!\x1a\x07": "RAR archive",
-        b"BZh": "bzip2 archive",
-        b"\xfd7zXZ\x00": "xz archive",
-        b"\x28\xb5\x2f\xfd": "zstd archive",
-        b"%PDF": "PDF document",
-        b"\x7fELF": "ELF executable",
-        b"MZ": "Windows executable",
-        b"ID3": "MP3 audio",
-        b"OggS": "Ogg media",
-        b"fLaC": "FLAC audio",
-        b"SQLite format 3": "SQLite database",
-    }
-    for magic, what in archives.items():
-        if head.startswith(magic):
-            return "skipped", f"{what}: not an image or video (archives are not unpacked)"
-    if len(head) > 262 and head[257:262] == b"ustar":
-        return "skipped", "tar archive: not an image or video (archives are not unpacked)"
-    if ext == ".tga" or _tga_plausible(head, tail):
-        if _tga_plausible(head, tail):
-            return "image", "TGA"
-    if _looks_like_text(head):
-        hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
-        return "skipped", f"text file{hint}: not an image or video"
-    hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
-    return "skipped", f"unrecognised content{hint}: no image or video signature"
 
 
 @dataclass
@@ -229,15 +133,15 @@ def _open_regular(abspath: bytes):
     try:
         fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise InputError("file vanished during the run (no longer exists)") from None
+        raise FileProblem("file vanished during the run (no longer exists)") from None
     except OSError as e:
         if e.errno == 40:  # ELOOP: became a symlink
-            raise InputError("file was replaced by a symbolic link during the run", "skipped") from None
-        raise InputError(f"cannot open: {e.strerror or e}") from None
+            raise FileProblem("file was replaced by a symbolic link during the run", "skipped") from None
+        raise FileProblem(f"cannot open: {e.strerror or e}") from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise InputError("not a regular file (device, FIFO or socket): not opened", "skipped", "special")
+        raise FileProblem("not a regular file (device, FIFO or socket): not opened", "skipped", "special")
     return os.fdopen(fd, "rb"), st
 
 
@@ -267,18 +171,18 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
     try:
         im = Image.open(fh, formats=formats)
     except Image.DecompressionBombError as e:
-        raise InputError(f"decompression bomb refused: {e}") from None
+        raise FileProblem(f"decompression bomb refused: {e}") from None
     except UnidentifiedImageError:
-        raise InputError(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
+        raise FileProblem(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
-        raise InputError(f"corrupt {fmt_hint} image: {e}") from None
+        raise FileProblem(f"corrupt {fmt_hint} image: {e}") from None
 
     def check(size):
         w, h = size
         if w <= 0 or h <= 0:
-            raise InputError(f"corrupt {fmt_hint} image: size {w}x{h}")
+            raise FileProblem(f"corrupt {fmt_hint} image: size {w}x{h}")
         if w * h > lim.max_pixels:
-            raise InputError(
+            raise FileProblem(
                 f"decompression bomb refused: {w}x{h} = {w * h / 1e6:.0f} Mpx is over the "
                 f"{lim.max_pixels / 1e6:.0f} Mpx limit (checked before decoding)"
             )
@@ -319,17 +223,17 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
                 im.draft("RGB", (lim.still_side, lim.still_side))
             im.load()
             still = _reduce(im, lim.still_side)
-        except InputError:
+        except FileProblem:
             raise
         except Image.DecompressionBombError as e:
-            raise InputError(f"decompression bomb refused: {e}") from None
+            raise FileProblem(f"decompression bomb refused: {e}") from None
         except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file error
             what = "truncated or corrupt" if "truncated" in str(e) else "corrupt"
             where = f" (frame {i})" if out["multi"] else ""
             if out["multi"] and i > 0:
                 out["parts"].append(({"record": rpt.FRAME, "frame": i}, None, f"{what} frame: {one_line(e)}"))
                 continue
-            raise InputError(f"{what} {fmt} image{where}: {one_line(e)}") from None
+            raise FileProblem(f"{what} {fmt} image{where}: {one_line(e)}") from None
         meta = {"record": rpt.FRAME, "frame": i} if out["multi"] else {}
         out["parts"].append((meta, still, None))
 
@@ -343,15 +247,15 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
     try:
         container = av.open(fh, mode="r", metadata_errors="ignore")
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"corrupt or unsupported video ({desc}): {one_line(e)}") from None
+        raise FileProblem(f"corrupt or unsupported video ({desc}): {one_line(e)}") from None
     with container:
         if not container.streams.video:
-            raise InputError(f"no video stream in {desc} file")
+            raise FileProblem(f"no video stream in {desc} file")
         stream = container.streams.video[0]
         cc = stream.codec_context
         w, h = int(cc.width or 0), int(cc.height or 0)
         if w * h > lim.max_pixels:
-            raise InputError(f"video frames are {w}x{h}, over the {lim.max_pixels / 1e6:.0f} Mpx limit")
+            raise FileProblem(f"video frames are {w}x{h}, over the {lim.max_pixels / 1e6:.0f} Mpx limit")
         stream.thread_type = "AUTO"
         every = max(float(lim.every), 0.04)
         if task.thumb is not None:
@@ -388,10 +292,10 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
                 next_t = k * every
         except av.error.FFmpegError as e:
             if got == 0 and task.start == 0:
-                raise InputError(f"corrupt video ({desc}): {one_line(e)}") from None
+                raise FileProblem(f"corrupt video ({desc}): {one_line(e)}") from None
             out["note"] = f"video decoding stopped early: {one_line(e)}"
         if got == 0 and task.start == 0:
-            raise InputError(f"no decodable video frame in {desc} file")
+            raise FileProblem(f"no decodable video frame in {desc} file")
         out["more"] = more
 
 
@@ -417,11 +321,11 @@ def process(task: Task, lim: Limits) -> dict:
             identity = (st.st_size, st.st_mtime_ns, st.st_ino)
             out["identity"] = identity
             if task.identity is not None and task.identity != identity:
-                raise InputError("file changed during the run (size or mtime differ between segments)")
+                raise FileProblem("file changed during the run (size or mtime differ between segments)")
             if task.sha256 is None:
                 out["sha256"], head, n = _hash(fh)
                 if n != st.st_size:
-                    raise InputError("file changed while it was read (size differs)")
+                    raise FileProblem("file changed while it was read (size differs)")
             else:
                 fh.seek(0)
                 head = fh.read(4096)
@@ -429,20 +333,20 @@ def process(task: Task, lim: Limits) -> dict:
                 out["status"] = "resumed"
                 return out
             if st.st_size == 0:
-                raise InputError("empty file (0 bytes)", kind="empty")
+                raise FileProblem("empty file (0 bytes)", kind="empty")
             tail = b""
             if st.st_size > 18:
                 fh.seek(st.st_size - 18)
                 tail = fh.read(18)
-            what, desc = sniff(head, tail, task.rel)
+            what, desc = sniff_bytes(head, tail, task.rel)
             if what == "skipped":
-                raise InputError(desc, "skipped", "other")
+                raise FileProblem(desc, "skipped", "other")
             out["format"] = desc
             if what == "image":
                 _image_parts(fh, desc, task, lim, out)
             else:
                 _video_parts(fh, desc, task, lim, out)
-    except InputError as e:
+    except FileProblem as e:
         out["status"], out["reason"] = e.status, e.reason
         out["kind"] = out["kind"] or e.kind
         out["parts"] = []
@@ -484,104 +388,6 @@ def _worker_init() -> None:
         import signal
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-
-
-# ==================================================================================================
-# Walking the dump
-# ==================================================================================================
-@dataclass
-class Entry:
-    rel: str
-    abspath: bytes
-    kind: str  # 'file', 'skipped', 'error'
-    reason: str | None = None
-    size: int | None = None
-
-
-def display(rel: bytes) -> str:
-    """A dump path as text: UTF-8, undecodable bytes shown as \\xNN escapes."""
-    return rel.decode("utf-8", "backslashreplace")
-
-
-def walk(root: str | os.PathLike) -> Iterator[Entry]:
-    """Every entry under root, depth first in name order; links and special files are not followed."""
-    root_b = os.fsencode(os.path.abspath(root))
-    real_root = os.path.realpath(root_b)
-    stack: list[bytes] = [b""]
-    while stack:
-        rel_dir = stack.pop()
-        dir_abs = os.path.join(root_b, rel_dir) if rel_dir else root_b
-        try:
-            with os.scandir(dir_abs) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            yield Entry(
-                display(rel_dir) or ".", dir_abs, "error", f"cannot list directory: {e.strerror or e}"
-            )
-            continue
-        subdirs = []
-        for de in entries:
-            rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
-            try:
-                if de.is_symlink():
-                    yield _link_entry(rel, de.path, real_root)
-                elif de.is_dir(follow_symlinks=False):
-                    subdirs.append(rel)
-                elif de.is_file(follow_symlinks=False):
-                    yield Entry(display(rel), de.path, "file")
-                else:
-                    st = de.stat(follow_symlinks=False)
-                    what = (
-                        "FIFO"
-                        if stat.S_ISFIFO(st.st_mode)
-                        else "socket"
-                        if stat.S_ISSOCK(st.st_mode)
-                        else "device"
-                        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                        else "special file"
-                    )
-                    yield Entry(
-                        display(rel), de.path, "skipped", f"{what}: not a regular file, not opened", 0
-                    )
-            except FileNotFoundError:
-                yield Entry(display(rel), de.path, "error", "file vanished during the run (no longer exists)")
-            except OSError as e:
-                yield Entry(display(rel), de.path, "error", f"cannot stat: {e.strerror or e}")
-        stack.extend(reversed(subdirs))
-
-
-def _link_entry(rel: bytes, path: bytes, real_root: bytes) -> Entry:
-    try:
-        target = display(os.readlink(path))
-    except OSError:
-        target = "?"
-    try:
-        size = os.lstat(path).st_size
-    except OSError:
-        size = None
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if e.errno == 40:
-            return Entry(
-                display(rel), path, "skipped", f"symbolic link loop (-> {target}): not followed", size
-            )
-        return Entry(
-            display(rel), path, "skipped", f"dangling symbolic link (-> {target}): not followed", size
-        )
-    real = os.path.realpath(path)
-    inside = real == real_root or real.startswith(real_root.rstrip(b"/") + b"/")
-    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-    if not inside:
-        reason = f"symbolic link to a {what} outside the dump (-> {target}): not followed"
-    else:
-        where = display(os.path.relpath(real, real_root))
-        reason = (
-            f"symbolic link to a {what} inside the dump (-> {where}): not followed, the target is reported"
-        )
-        if stat.S_ISDIR(st.st_mode) and (real_root.startswith(real.rstrip(b"/") + b"/") or real == real_root):
-            reason = f"symbolic link loop to an enclosing directory (-> {target}): not followed"
-    return Entry(display(rel), path, "skipped", reason, size)
 
 
 # ==================================================================================================

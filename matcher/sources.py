@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ _MAGIC = [
 ]
 
 
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "TGA", "PSD")
+VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
+
+
 class InputError(Exception):
     """An input that cannot be used; str() is the one-line reason shown to the user."""
 
@@ -58,6 +64,107 @@ class Still:
     timestamp_end: float | None = None  # distinct sampling: last time this picture was still showing
 
 
+# ------------------------------------------------------------------ recognising files by content
+def looks_like_text(head: bytes) -> bool:
+    if not head:
+        return False
+    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte char cut at the end of the sample is fine
+            return False
+    ctrl = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
+    return ctrl <= len(head) // 100
+
+
+def tga_plausible(head: bytes, tail: bytes) -> bool:
+    if tail.endswith(b"TRUEVISION-XFILE.\x00"):
+        return True
+    if len(head) < 18:
+        return False
+    cmap, itype, depth = head[1], head[2], head[16]
+    w, h = int.from_bytes(head[12:14], "little"), int.from_bytes(head[14:16], "little")
+    return (
+        cmap in (0, 1) and itype in (1, 2, 3, 9, 10, 11) and depth in (8, 15, 16, 24, 32) and w > 0 and h > 0
+    )
+
+
+def sniff_bytes(head: bytes, tail: bytes = b"", name: str = "") -> tuple[str, str]:
+    """Classify by content: ('image'|'video'|'skipped', description)."""
+    ext = os.path.splitext(name)[1].lower()
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", "JPEG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image", "GIF"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", "TIFF"
+    if head.startswith(b"8BPS"):
+        return "image", "PSD"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image", "WebP"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video", "AVI"
+    if (
+        head.startswith(b"BM")
+        and len(head) >= 18
+        and int.from_bytes(head[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124)
+    ):
+        return "image", "BMP"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", "Matroska/WebM"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "skipped", f"HEIF/AVIF image ({brand.decode('latin-1').strip()}) is not a supported format"
+        return "video", "MP4/QuickTime"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"pnot", b"skip"):
+        return "video", "QuickTime"
+    if head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return "video", "MPEG-PS"
+    if head.startswith(b"FLV\x01"):
+        return "video", "FLV"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "video", "ASF/WMV"
+    if len(head) > 188 and head[0] == 0x47 and head[188] == 0x47:
+        return "video", "MPEG-TS"
+    archives = {
+        b"PK\x03\x04": "zip archive",
+        b"PK\x05\x06": "zip archive (empty)",
+        b"\x1f\x8b": "gzip archive",
+        b"7z\xbc\xaf\x27\x1c": "7-Zip archive",
+        b"Rar!\x1a\x07": "RAR archive",
+        b"BZh": "bzip2 archive",
+        b"\xfd7zXZ\x00": "xz archive",
+        b"\x28\xb5\x2f\xfd": "zstd archive",
+        b"%PDF": "PDF document",
+        b"\x7fELF": "ELF executable",
+        b"MZ": "Windows executable",
+        b"ID3": "MP3 audio",
+        b"OggS": "Ogg media",
+        b"fLaC": "FLAC audio",
+        b"SQLite format 3": "SQLite database",
+    }
+    for magic, what in archives.items():
+        if head.startswith(magic):
+            return "skipped", f"{what}: not an image or video (archives are not unpacked)"
+    if len(head) > 262 and head[257:262] == b"ustar":
+        return "skipped", "tar archive: not an image or video (archives are not unpacked)"
+    if ext == ".tga" or tga_plausible(head, tail):
+        if tga_plausible(head, tail):
+            return "image", "TGA"
+    if looks_like_text(head):
+        hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
+        return "skipped", f"text file{hint}: not an image or video"
+    hint = f" despite its {ext} extension" if ext in IMAGE_EXTS | VIDEO_EXTS else ""
+    return "skipped", f"unrecognised content{hint}: no image or video signature"
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -66,30 +173,36 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sniff(path: str | os.PathLike) -> str | None:
-    """'image', 'video' or None, judged from the file's first bytes (never from its name)."""
+def describe(path: str | os.PathLike) -> tuple[str, str]:
+    """('image'|'video'|'skipped', what it is) from the file's first and last bytes, never its name."""
     with open(path, "rb") as f:
-        head = f.read(64)
-    for offset, magic, kind in _MAGIC:
-        if head[offset : offset + len(magic)] == magic:
-            if kind == "image" and magic == b"OggS":
-                continue
-            return kind
-    if not head:
-        return None
-    # Formats without a reliable magic number (TGA, some ICO/PCX): let Pillow's own sniffers decide.
-    try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - header parsed, no pixels decoded
-            return "image"
-    except Exception:
-        return None
+        head = f.read(4096)
+        tail = b""
+        size = os.fstat(f.fileno()).st_size
+        if size > 18:
+            f.seek(size - 18)
+            tail = f.read(18)
+    return sniff_bytes(head, tail, os.fspath(path) if not isinstance(path, bytes) else display(path))
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """'image', 'video' or None, judged from the file's bytes (never from its name)."""
+    kind, _ = describe(path)
+    return kind if kind in ("image", "video") else None
+
+
+def _allowed_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
 
 
 def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to RGB, refusing pixel bombs before decoding a single pixel."""
+    """Decode an image file to RGB, refusing pixel bombs before decoding a single pixel.
+
+    Only the formats matcher supports are parsed (Pillow's rarer plugins are attack surface); a PSD
+    gives its flattened composite, a multi-page TIFF / animation its first frame."""
     try:
-        im = Image.open(path)
+        im = Image.open(path, formats=_allowed_formats())
     except FileNotFoundError:
         raise InputError(path, "file vanished before it could be read") from None
     except Image.DecompressionBombError as exc:
@@ -158,13 +271,16 @@ def iter_stills(
 
     ``distinct`` (reference ingestion): also a still at every scene cut, and near-identical
     consecutive stills dropped, each kept one covering [timestamp, timestamp_end] (matcher.video)."""
+    refused = getattr(path, "refused_reason", None)
+    if refused:
+        raise InputError(path, refused)
     p = Path(path)
     try:
         if not p.is_file():
             raise InputError(path, "not a regular file" if p.exists() else "file not found")
         if p.stat().st_size == 0:
             raise InputError(path, "empty file (0 bytes)")
-        kind = sniff(p)
+        kind, what = describe(p)
         digest = file_sha256(p) if with_sha256 else None
     except FileNotFoundError:
         raise InputError(path, "file vanished before it could be read") from None
@@ -181,20 +297,135 @@ def iter_stills(
         for t, im in iter_video_stills(p, every):
             yield Still(im, str(path), digest, t)
     else:
-        raise InputError(path, "not an image or video (unrecognised content)")
+        raise InputError(path, what)
+
+
+class RefusedPath(type(Path())):
+    """A path a directory walk found but will not open: a symbolic link (out of the tree, a loop, or
+    a second name for a file that is reported under its own path), a FIFO/socket/device, or a
+    directory that cannot be listed. `iter_stills` turns it into an InputError carrying the reason,
+    so nothing is skipped silently. Survives pickling (pipeline workers)."""
+
+    refused_reason = "not followed"
+
+    def __reduce__(self):
+        return (_refused_path, (str(self), self.refused_reason))
+
+
+def _refused_path(path: str, reason: str) -> RefusedPath:
+    p = RefusedPath(path)
+    p.refused_reason = reason
+    return p
 
 
 def walk(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files under the given paths, recursively, in a stable order. Symlinked directories are not
-    followed (a dump can hold loops or links out of it); a missing path raises InputError."""
+    """Files under the given paths, recursively, in a stable order. Inside a directory no symbolic
+    link is followed (a dump can hold loops or links out of it) and nothing is dropped: links,
+    special files and unlistable directories come out as `RefusedPath`. A missing path raises
+    InputError; a path given explicitly is used as given."""
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-                dirnames.sort()
-                for name in sorted(filenames):
-                    yield Path(dirpath) / name
+            for e in walk_dump(root):
+                path = os.fsdecode(e.abspath)
+                yield Path(path) if e.kind == "file" else _refused_path(path, e.reason or "not followed")
         elif root.exists():
             yield root
         else:
             raise InputError(root, "no such file or directory")
+
+
+# ------------------------------------------------------------------ walking a hostile dump
+@dataclass
+class Entry:
+    rel: str
+    abspath: bytes
+    kind: str  # 'file', 'skipped', 'error'
+    reason: str | None = None
+    size: int | None = None
+
+
+def display(rel: bytes) -> str:
+    """A dump path as text: UTF-8, undecodable bytes shown as \\xNN escapes."""
+    return rel.decode("utf-8", "backslashreplace")
+
+
+def walk_dump(root: str | os.PathLike) -> Iterator[Entry]:
+    """Every entry under root, depth first in name order; links and special files are not followed."""
+    root_b = os.fsencode(os.fspath(root))
+    real_root = os.path.realpath(root_b)
+    stack: list[bytes] = [b""]
+    while stack:
+        rel_dir = stack.pop()
+        dir_abs = os.path.join(root_b, rel_dir) if rel_dir else root_b
+        try:
+            with os.scandir(dir_abs) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield Entry(
+                display(rel_dir) or ".", dir_abs, "error", f"cannot list directory: {e.strerror or e}"
+            )
+            continue
+        subdirs = []
+        for de in entries:
+            rel = os.path.join(rel_dir, de.name) if rel_dir else de.name
+            try:
+                if de.is_symlink():
+                    yield link_entry(rel, de.path, real_root)
+                elif de.is_dir(follow_symlinks=False):
+                    subdirs.append(rel)
+                elif de.is_file(follow_symlinks=False):
+                    yield Entry(display(rel), de.path, "file")
+                else:
+                    st = de.stat(follow_symlinks=False)
+                    what = (
+                        "FIFO"
+                        if stat.S_ISFIFO(st.st_mode)
+                        else "socket"
+                        if stat.S_ISSOCK(st.st_mode)
+                        else "device"
+                        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                        else "special file"
+                    )
+                    yield Entry(
+                        display(rel), de.path, "skipped", f"{what}: not a regular file, not opened", 0
+                    )
+            except FileNotFoundError:
+                yield Entry(display(rel), de.path, "error", "file vanished during the run (no longer exists)")
+            except OSError as e:
+                yield Entry(display(rel), de.path, "error", f"cannot stat: {e.strerror or e}")
+        stack.extend(reversed(subdirs))
+
+
+def link_entry(rel: bytes, path: bytes, real_root: bytes) -> Entry:
+    try:
+        target = display(os.readlink(path))
+    except OSError:
+        target = "?"
+    try:
+        size = os.lstat(path).st_size
+    except OSError:
+        size = None
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == 40:
+            return Entry(
+                display(rel), path, "skipped", f"symbolic link loop (-> {target}): not followed", size
+            )
+        return Entry(
+            display(rel), path, "skipped", f"dangling symbolic link (-> {target}): not followed", size
+        )
+    real = os.path.realpath(path)
+    inside = real == real_root or real.startswith(real_root.rstrip(b"/") + b"/")
+    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    if not inside:
+        reason = f"symbolic link to a {what} outside the dump (-> {target}): not followed"
+    else:
+        where = display(os.path.relpath(real, real_root))
+        reason = (
+            f"symbolic link to a {what} inside the dump (-> {where}): not followed, the target is reported"
+        )
+        if stat.S_ISDIR(st.st_mode) and (real_root.startswith(real.rstrip(b"/") + b"/") or real == real_root):
+            reason = f"symbolic link loop to an enclosing directory (-> {target}): not followed"
+    return Entry(display(rel), path, "skipped", reason, size)

@@ -268,3 +268,36 @@ def test_copy_of_dump_with_changed_file_is_rematched(world, tmp_path):
     assert stats.written == 1
     a = [r for r in file_records(out) if r["path"] == "a.png"]
     assert [r["title"] for r in a] == ["Alpha Squadron", "Beta <Bros>"] and a[0]["sha256"] != a[1]["sha256"]
+
+
+def test_plain_match_of_a_hostile_directory_never_follows_links(world):
+    """`matcher match DIR` without --out (Matcher.match_many over sources.walk) is hardened too."""
+    from matcher.sources import InputError, RefusedPath, iter_stills, walk
+
+    paths = list(walk([world["dump"]]))
+    refused = {
+        str(p.relative_to(world["dump"])): p.refused_reason for p in paths if isinstance(p, RefusedPath)
+    }
+    assert "outside the dump" in refused["links/outside.png"] and "FIFO" in refused["links/pipe.png"]
+    assert "loop" in refused["links/parent_loop"]
+    with pytest.raises(InputError, match="text file despite its .png extension"):
+        list(iter_stills(world["dump"] / "bad" / "text.png"))
+    m = Matcher.open(world["index"])
+    try:
+        results = list(m.match_many([world["dump"]], every=1.0))
+    finally:
+        m.close()
+    by_path = Counter(r.path for r in results)
+    assert by_path[str(world["dump"] / "video" / "clip.mp4")] == 3
+    assert by_path[str(world["dump"] / "links" / "outside.png")] == 1
+
+
+@pytest.mark.xfail(reason="pipeline._tasks passes str(path), dropping RefusedPath's reason (needs `path`)")
+def test_plain_match_reports_links_as_refused(world):
+    m = Matcher.open(world["index"])
+    try:
+        results = list(m.match_many([world["dump"]], every=1.0))
+    finally:
+        m.close()
+    secret = next(r for r in results if r.path.endswith("links/outside.png"))
+    assert secret.status == "error" and secret.sha256 is None and "not followed" in secret.error
