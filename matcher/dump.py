@@ -754,7 +754,7 @@ class DumpRun:
             custody = self._custody()
             self.custody_info = custody
             self._write({"record": rpt.RUN, **custody})
-            entries = list(walk(self.root))
+            entries = self._exclude_outputs(list(walk(self.root)))
             self.abspaths = {e.rel: e.abspath for e in entries}
             self.stats.files = len(entries)
             self._progress_start(len(entries))
@@ -762,8 +762,16 @@ class DumpRun:
             self._loop(entries)
             self.stats.seconds = time.monotonic() - self.t0
             self.stats.crashes, self.stats.timeouts = self.pool.crashes, self.pool.timeouts
-            records = list(rpt.read_records(self.out)) if self.out else self.memory_records
-            summary = rpt.summarize(rpt.latest_file_records(records))
+            if self.out:
+
+                def records():
+                    return rpt.read_records(self.out)
+            else:
+
+                def records():
+                    return iter(self.memory_records)
+
+            summary = rpt.summarize(rpt.latest_file_records(records()))
             summary["run"] = {
                 "files_seen": self.stats.files,
                 "written": self.stats.written,
@@ -789,6 +797,22 @@ class DumpRun:
                 self.csvw.close()
             if self.report is not None:
                 self.report.close()
+
+    def _exclude_outputs(self, entries: list[Entry]) -> list[Entry]:
+        """This run's own report files may sit inside the dump: list them, never match them."""
+        mine = set()
+        for p in (self.out, self.csv_path, self.html):
+            if p:
+                real = os.path.realpath(os.fsencode(os.fspath(p)))
+                mine.update({real, real + b".tmp"})
+        if not mine:
+            return entries
+        out = []
+        for e in entries:
+            if e.kind == "file" and os.path.realpath(e.abspath) in mine:
+                e = Entry(e.rel, e.abspath, "skipped", "matcher's own output file for this run: not matched")
+            out.append(e)
+        return out
 
     def _loop(self, entries: list[Entry]) -> None:
         window = self.workers * 2
@@ -987,7 +1011,7 @@ class DumpRun:
         self._finish(st, rec)
 
     # -- HTML -----------------------------------------------------------------------------------------
-    def _write_html(self, records: list[dict]) -> None:
+    def _write_html(self, records) -> None:
         cache: dict[tuple, str | None] = {}
         root_b = os.fsencode(os.path.abspath(self.root))
         pool = DecodePool(self.workers, self.limits, min(self.decode_timeout, 30.0))

@@ -40,7 +40,7 @@ import io
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -455,9 +455,16 @@ def _evidence_html(evidence: list[dict], ref_thumb: RefThumbFn | None, limit: in
     return "".join(out)
 
 
-def _item_html(rec: dict, parts: list[dict], thumb: ThumbFn | None, ref_thumb: RefThumbFn | None) -> str:
+def _item_html(
+    rec: dict,
+    parts: list[dict],
+    thumb: ThumbFn | None,
+    ref_thumb: RefThumbFn | None,
+    total_parts: int | None = None,
+) -> str:
     conf = float(rec.get("confidence") or 0.0)
     uri = thumb(rec) if thumb else None
+    total_parts = max(total_parts or 0, len(parts))
     cands = ", ".join(f"{_e(c['title'])} {float(c['score']):.3f}" for c in (rec.get("candidates") or [])[:5])
     head = (
         f'<article class="item" data-conf="{conf:.4f}" data-status="{_e(rec.get("status"))}">'
@@ -476,16 +483,17 @@ def _item_html(rec: dict, parts: list[dict], thumb: ThumbFn | None, ref_thumb: R
     body.append(_evidence_html(rec.get("evidence") or [], ref_thumb))
     if parts:
         rows = []
-        for p in parts[:200]:
+        for p in parts[:MAX_PARTS_SHOWN]:
             where = format_ts(p.get("timestamp")) if p.get("record") == STILL else f"frame {p.get('frame')}"
             rows.append(
                 f"<tr><td>{_e(where)}</td><td>{_e(p.get('status'))}</td>"
                 f"<td>{_e(p.get('title') or '')}</td><td>{float(p.get('confidence') or 0):.3f}</td>"
                 f"<td>{_e(p.get('reason') or p.get('error') or '')}</td></tr>"
             )
-        more = f"<p>… {len(parts) - 200} more in the JSONL report</p>" if len(parts) > 200 else ""
+        hidden = total_parts - len(parts)
+        more = f"<p>… {hidden} more in the JSONL report</p>" if hidden > 0 else ""
         body.append(
-            f'<details class="stills"><summary>{len(parts)} stills/frames</summary><table>'
+            f'<details class="stills"><summary>{total_parts} stills/frames</summary><table>'
             "<tr><th>at</th><th>status</th><th>title</th><th>confidence</th><th>note</th></tr>"
             + "".join(rows)
             + f"</table>{more}</details>"
@@ -494,28 +502,63 @@ def _item_html(rec: dict, parts: list[dict], thumb: ThumbFn | None, ref_thumb: R
     return "".join(body)
 
 
+#: Items shown with thumbnails; beyond this the HTML lists files without pictures (the JSONL has all),
+#: so a report of a huge dump stays a file a browser and a mail server can handle (~20 KB per item).
+MAX_THUMB_ITEMS = 3000
+#: Stills/frames listed per file in the HTML (all of them are in the JSONL).
+MAX_PARTS_SHOWN = 200
+
+
 def write_html(
     out: str | os.PathLike,
-    records: Iterable[dict],
+    records: Iterable[dict] | Callable[[], Iterable[dict]],
     custody: dict,
     thumb: ThumbFn | None = None,
     ref_thumb: RefThumbFn | None = None,
+    max_thumb_items: int = MAX_THUMB_ITEMS,
 ) -> Path:
-    """Write the evidence report; ``records`` are report lines (file and part records).
+    """Write the evidence report; ``records`` are report lines (file and part records), or a function
+    returning a fresh iterator over them (read twice, so memory holds only the file verdicts and up to
+    MAX_PARTS_SHOWN parts per file, not every line of the report).
 
     ``thumb(file_record)`` and ``ref_thumb(reference, timestamp)`` return data: URIs or None.
     The file is written to a temporary name and renamed, so a half-written report never exists.
     """
     out = Path(out)
-    records = list(records)
-    files = latest_file_records(records)
+    if callable(records):
+        source = records
+    else:
+        kept = list(records)
+
+        def source():
+            return iter(kept)
+
+    files = latest_file_records(source())
     parts: dict[tuple, list[dict]] = defaultdict(list)
-    for rec in records:
+    n_parts: Counter = Counter()
+    for rec in source():
         if rec.get("record") in PART_RECORDS:
-            parts[(rec.get("path"), rec.get("sha256"))].append(rec)
+            key = (rec.get("path"), rec.get("sha256"))
+            n_parts[key] += 1
+            if len(parts[key]) < MAX_PARTS_SHOWN:
+                parts[key].append(rec)
     for lst in parts.values():
         lst.sort(key=part_key)
     summary = summarize(files)
+    shown = 0
+
+    def item(rec: dict) -> str:
+        nonlocal shown
+        shown += 1
+        key = (rec.get("path"), rec.get("sha256"))
+        pictures = shown <= max_thumb_items
+        return _item_html(
+            rec,
+            parts.get(key, []),
+            thumb if pictures else None,
+            ref_thumb if pictures else None,
+            total_parts=n_parts.get(key, 0),
+        )
 
     by_title: dict[str, list[dict]] = defaultdict(list)
     unknown, other = [], []
@@ -580,8 +623,7 @@ def write_html(
             recs = sorted(by_title[title], key=lambda r: -float(r.get("confidence") or 0))
             w(f'<section class="title-group" id="t{i}"><h3>{_e(title)} ({len(recs)} files)</h3>')
             for rec in recs:
-                key = (rec.get("path"), rec.get("sha256"))
-                w(_item_html(rec, parts.get(key, []), thumb, ref_thumb))
+                w(item(rec))
             w("</section>")
         if not order:
             w("<p>No file matched a title.</p>")
@@ -589,8 +631,7 @@ def write_html(
         # unknowns
         w(f'<section id="unknown"><h2>Unknown ({len(unknown)} files)</h2>')
         for rec in sorted(unknown, key=lambda r: -float(r.get("confidence") or 0)):
-            key = (rec.get("path"), rec.get("sha256"))
-            w(_item_html(rec, parts.get(key, []), thumb, ref_thumb))
+            w(item(rec))
         w("</section>")
         # errors and skipped
         w(f'<section id="other"><h2>Errors and skipped ({len(other)} files)</h2><table>')

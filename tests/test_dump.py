@@ -301,3 +301,18 @@ def test_plain_match_reports_links_as_refused(world):
         m.close()
     secret = next(r for r in results if r.path.endswith("links/outside.png"))
     assert secret.status == "error" and secret.sha256 is None and "not followed" in secret.error
+
+
+def test_report_inside_the_dump_is_listed_not_matched(world, tmp_path):
+    d = tmp_path / "dump"
+    shutil.copytree(world["dump"] / "good", d)
+    m = Matcher.open(world["index"])
+    try:
+        dump.run_dump(d, m, out=d / "report.jsonl", csv=d / "report.csv", quiet=True, workers=1)
+        stats = dump.run_dump(d, m, out=d / "report.jsonl", csv=d / "report.csv", quiet=True, workers=1)
+    finally:
+        m.close()
+    by = {r["path"]: r for r in file_records(d / "report.jsonl")}
+    assert by["report.jsonl"]["status"] == "skipped" and "own output" in by["report.jsonl"]["reason"]
+    assert by["report.csv"]["status"] == "skipped"
+    assert stats.written == 0  # the second run found everything, its own files included, reported
