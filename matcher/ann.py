@@ -41,9 +41,21 @@ TRAIN_PER_LIST = 50
 MMAP_MIN_BYTES = 256 * 2**20
 
 
+_TUNED = False
+
+
 def _faiss():
+    global _TUNED
     import faiss
 
+    if not _TUNED:
+        # Exact batch search (>= 20 queries) is a BLAS product in blocks of query_bs x database_bs
+        # scores. faiss's default database block (1024 rows) makes many small sgemm calls; 32768
+        # rows was 2-3x faster for 1,000 queries x 200k (docs/BENCHMARKS.md), with a temporary
+        # block of at most 1024 x 32768 floats (128 MB).
+        faiss.cvar.distance_compute_blas_query_bs = 1024
+        faiss.cvar.distance_compute_blas_database_bs = 32768
+        _TUNED = True
     return faiss
 
 
