@@ -1012,49 +1012,107 @@ class DumpRun:
 
     # -- HTML -----------------------------------------------------------------------------------------
     def _write_html(self, records) -> None:
+        """Thumbnails are decoded again from the dump (in the worker pool, in parallel, re-hashed: a
+        file whose sha256 no longer matches its report line gets no picture), references from their
+        recorded source path."""
         cache: dict[tuple, str | None] = {}
         root_b = os.fsencode(os.path.abspath(self.root))
         pool = DecodePool(self.workers, self.limits, min(self.decode_timeout, 30.0))
-        try:
 
-            def run_thumb(abspath: bytes, rel: str, spec: dict, sha: str | None) -> str | None:
-                key = (abspath, tuple(sorted(spec.items())))
-                if key not in cache:
-                    t = Task(idx=0, rel=rel, abspath=abspath, thumb=spec, sha256=sha)
-                    res = pool.wait(pool.submit(t), t, isolated=True)
-                    cache[key] = (res or {}).get("thumb")
-                return cache[key]
-
-            def thumb(rec: dict) -> str | None:
-                if rec.get("status") not in ("matched", "unknown"):
-                    return None
-                spec: dict = {}
-                ev = rec.get("evidence") or []
-                if ev and ev[0].get("query_timestamp") is not None:
-                    spec = {"timestamp": ev[0]["query_timestamp"]}
-                elif ev and ev[0].get("query_frame") is not None:
-                    spec = {"frame": ev[0]["query_frame"]}
-                rel = rec["path"]
-                abspath = self.abspaths.get(rel)
-                if abspath is None:
-                    abspath = os.path.join(root_b, rel.encode("utf-8", "surrogateescape"))
-                return run_thumb(abspath, rel, spec, rec.get("sha256"))
-
-            def ref_thumb(reference: str | None, ts: float | None) -> str | None:
-                if not reference:
-                    return None
-                p = Path(reference)
-                base = getattr(self.matcher, "index_dir", None)
-                cands = [p] if p.is_absolute() else [p, *([Path(base) / p] if base else [])]
-                for c in cands:
-                    if c.is_file():
-                        spec = {"timestamp": ts} if ts is not None else {}
-                        return run_thumb(os.fsencode(str(c)), str(c), spec, None)
+        def query_task(rec: dict) -> tuple[tuple, Task, str | None] | None:
+            if rec.get("status") not in ("matched", "unknown"):
                 return None
+            spec: dict = {}
+            ev = rec.get("evidence") or []
+            if ev and ev[0].get("query_timestamp") is not None:
+                spec = {"timestamp": ev[0]["query_timestamp"]}
+            elif ev and ev[0].get("query_frame") is not None:
+                spec = {"frame": ev[0]["query_frame"]}
+            rel = rec["path"]
+            abspath = self.abspaths.get(rel) or os.path.join(root_b, rel.encode("utf-8", "surrogateescape"))
+            key = (abspath, tuple(sorted(spec.items())))
+            return key, Task(idx=0, rel=rel, abspath=abspath, thumb=spec), rec.get("sha256")
 
+        def ref_task(reference: str | None, ts: float | None) -> tuple[tuple, Task, None] | None:
+            if not reference or reference.startswith("<"):
+                return None
+            p = Path(reference)
+            if not p.is_absolute():
+                base = getattr(getattr(self.matcher, "store", None), "root", None)
+                p = Path(base) / p if base else p
+            if not p.is_file():
+                return None
+            spec = {"timestamp": ts} if ts is not None else {}
+            abspath = os.fsencode(str(p))
+            key = (abspath, tuple(sorted(spec.items())))
+            return key, Task(idx=0, rel=str(p), abspath=abspath, thumb=spec), None
+
+        def store(key, res: dict | None, sha: str | None) -> None:
+            res = res or {}
+            ok = sha is None or res.get("sha256") == sha
+            cache[key] = res.get("thumb") if ok else None
+
+        def prefetch(jobs) -> None:
+            """Decode many thumbnails in parallel (bounded window), surviving crashes and hangs."""
+            window = self.workers * 2
+            inflight: deque = deque()
+            jobs = iter(jobs)
+            while True:
+                while len(inflight) < window:
+                    job = next(jobs, None)
+                    if job is None:
+                        break
+                    key, task, sha = job
+                    if key in cache:
+                        continue
+                    cache[key] = None
+                    inflight.append((key, task, sha, pool.submit(task)))
+                if not inflight:
+                    return
+                key, task, sha, fut = inflight.popleft()
+                res = pool.wait(fut, task)
+                if res is None:
+                    retry = [(key, task, sha)] + [(k, t, h) for k, t, h, _ in inflight]
+                    inflight.clear()
+                    for k, t, h in retry:
+                        store(k, pool.run_one(t), h)
+                    continue
+                store(key, res, sha)
+
+        def jobs():
+            n = 0
+            for rec in rpt.latest_file_records(records()):
+                q = query_task(rec)
+                if q is None:
+                    continue
+                n += 1
+                if n > rpt.MAX_THUMB_ITEMS:
+                    return
+                yield q
+                for ev in (rec.get("evidence") or [])[:4]:
+                    r = ref_task(ev.get("reference"), ev.get("timestamp"))
+                    if r is not None:
+                        yield r
+
+        def lazy(job) -> str | None:
+            if job is None:
+                return None
+            key, task, sha = job
+            if key not in cache:
+                prefetch([job])
+            return cache.get(key)
+
+        try:
+            prefetch(jobs())
             custody = dict(self.custody_info)
             custody["report_generated_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            rpt.write_html(self.html, records, custody, thumb=thumb, ref_thumb=ref_thumb)
+            rpt.write_html(
+                self.html,
+                records,
+                custody,
+                thumb=lambda rec: lazy(query_task(rec)),
+                ref_thumb=lambda ref, ts: lazy(ref_task(ref, ts)),
+            )
         finally:
             pool.close(graceful=False)
 
