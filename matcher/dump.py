@@ -610,6 +610,7 @@ class DumpRun:
         batch_size: int = 32,
         decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        segment: int = SEGMENT,
         custody: dict | None = None,
         on_record: Callable[[dict], None] | None = None,
         min_confidence: float | None = None,
@@ -618,7 +619,9 @@ class DumpRun:
         self.root = Path(root)
         self.matcher = matcher
         self.out, self.csv_path, self.html = out, csv, html
-        self.limits = Limits(max_pixels=max_pixels, every=every, all_frames=all_frames)
+        self.limits = Limits(
+            max_pixels=max_pixels, every=every, all_frames=all_frames, segment=max(1, segment)
+        )
         self.quiet = quiet
         self.workers = workers or max(1, min(8, (os.cpu_count() or 2)))
         self.batch_size = max(1, batch_size)

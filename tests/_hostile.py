@@ -157,7 +157,10 @@ def make_dump(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
     good_png = save_bytes(cel(0, 0), "PNG")
     put("bad/corrupt.png", good_png[:40] + bytes(range(256)) * 8, "error")
     put("bad/truncated.jpg", save_bytes(cel(1, 0), "JPEG")[:900], "error")
-    put("bad/bomb.png", bomb_png(), "error")
+    put("bad/bomb.png", bomb_png(), "error")  # 10 Gpx: refused by Pillow's own guard at open
+    tiny = bytearray(save_bytes(Image.new("P", (1, 1)), "GIF"))
+    tiny[6:10] = struct.pack("<HH", 12000, 12000)  # 144 Mpx: under Pillow's hard limit, over ours
+    put("bad/bomb_small.gif", bytes(tiny), "error")
     put("bad/text.png", b"this is not a png, it is a note\n" * 10, "skipped")
     put("bad/empty.png", b"", "error")
     put("bad/fake.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(0) + b"\x00" * 200, "error")

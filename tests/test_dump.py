@@ -79,6 +79,7 @@ def test_every_file_reported_once_with_the_right_status(world, tmp_path, monkeyp
     assert "loop" in by["links/loop_a"]["reason"] and "loop" in by["links/parent_loop"]["reason"]
     assert "FIFO" in by["links/pipe.png"]["reason"]
     assert "bomb" in by["bad/bomb.png"]["reason"]
+    assert "144 Mpx is over the 100 Mpx limit" in by["bad/bomb_small.gif"]["reason"]
     assert "text" in by["bad/text.png"]["reason"] and ".png" in by["bad/text.png"]["reason"]
     assert "truncated" in by["bad/truncated.jpg"]["reason"]
     assert "0 bytes" in by["bad/empty.png"]["reason"]
@@ -316,3 +317,16 @@ def test_report_inside_the_dump_is_listed_not_matched(world, tmp_path):
     assert by["report.jsonl"]["status"] == "skipped" and "own output" in by["report.jsonl"]["reason"]
     assert by["report.csv"]["status"] == "skipped"
     assert stats.written == 0  # the second run found everything, its own files included, reported
+
+
+def test_long_inputs_are_decoded_in_segments(world, tmp_path):
+    """Videos and animations are decoded a few stills per worker task (bounded memory): with
+    2-still segments the 3 s clip sampled every 0.5 s takes 3 tasks and still yields 6 stills once."""
+    out = tmp_path / "r.jsonl"
+    run(world, out, every=0.5, segment=2)
+    parts = [r for r in read_records(out) if r.get("record") in ("still", "frame")]
+    ts = sorted(r["timestamp"] for r in parts if r["path"] == "video/clip.mp4")
+    assert ts == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert sorted(r["frame"] for r in parts if r["path"] == "multi/pages.tiff") == [0, 1, 2]
+    clip = next(r for r in file_records(out) if r["path"] == "video/clip.mp4")
+    assert clip["stills"] == 6 and clip["title"] == "Beta <Bros>"
