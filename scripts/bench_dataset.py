@@ -14,7 +14,8 @@ photos.
 Query types:
 
 * ``seen``: for videos, a frame 1-2 frames away from an indexed still (near, never identical); for game art,
-  a file next to an indexed file in the same folder (the neighbouring animation frame or variant).
+  a sibling of an indexed file: same folder, same canvas size, same name once frame numbers and
+  L/R suffixes are dropped (the neighbouring animation frame or variant).
 * ``unseen``: videos or art folders never indexed (recognise the production by its look).  The Big Buck
   Bunny clip is one shot, so its unseen frames are the last 22 frames, 20+ frames after the last reference.
 * ``distractor``: productions not in the index.
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,7 @@ ART_ROOTS = {
     "freedroidrpg": "pkgs/freedroidrpg/usr/share/freedroidrpg/data/graphics",
 }
 # folders of text/font/UI images, not artwork
+SKIP_STEMS = {"mask", "icon", "icon@2x", "preview", "border"}
 SKIP_PARTS = {"fonts", "font", "engine", "icons", "masks", "lightmap_light", "misc", "cursors", "help"}
 
 
@@ -109,7 +112,7 @@ def _art_files(data: Path, title: str) -> dict[str, list[Path]]:
         if p.suffix.lower() not in (".png", ".jpg", ".jpeg") or not p.is_file():
             continue
         rel = p.relative_to(root)
-        if SKIP_PARTS & {s.lower() for s in rel.parts[:-1]}:
+        if SKIP_PARTS & {s.lower() for s in rel.parts[:-1]} or p.stem.lower() in SKIP_STEMS:
             continue
         try:
             w, h = Image.open(p).size
@@ -119,6 +122,15 @@ def _art_files(data: Path, title: str) -> dict[str, list[Path]]:
             continue
         groups.setdefault(str(rel.parent), []).append(p)
     return groups
+
+
+def variant_key(stem: str) -> str:
+    """'yeti-attack1' -> 'yeti-attack', 'moon02@2x' -> 'moon', 'StatueL' -> 'Statue', 'green5' -> 'green'."""
+    k = re.sub(r"@\dx$", "", stem)
+    for _ in range(2):
+        k = re.sub(r"[-_.]?\d+$", "", k)
+        k = re.sub(r"(?<=[a-z])(L|R|Left|Right)$|[-_.](l|r|left|right|[a-z])$", "", k)
+    return k.lower() or stem.lower()
 
 
 def _video_frames(path: Path) -> list[Image.Image]:
@@ -134,7 +146,8 @@ class _Writer:
         self.items: list[dict] = []
 
     def add(self, img: Image.Image, role: str, title: str, kind: str, source: str) -> None:
-        name = f"{role}/{title}/{len([i for i in self.items if i['title'] == title and i['role'] == role]):05d}.png"
+        k = sum(1 for i in self.items if i["title"] == title and i["role"] == role)
+        name = f"{role}/{title}/{k:05d}.png"
         p = self.out / name
         p.parent.mkdir(parents=True, exist_ok=True)
         img.save(p, optimize=False, compress_level=1)
@@ -156,13 +169,16 @@ def _build_art(w: _Writer, data: Path, title: str, n_ref: int, n_seen: int, n_un
     ref_dirs = [g for g in names if g not in unseen_dirs]
     refs, seen = [], []
     for g in ref_dirs:
-        files = groups[g]
-        if len(files) == 1:
-            refs.append(files[0])
-            continue
-        # alternate: even positions indexed, odd positions are neighbouring variants (seen candidates)
-        refs.extend(files[0::2])
-        seen.extend(files[1::2])
+        # variants of one piece of art share a stem once frame numbers, @2x, L/R and colour suffixes go:
+        # their members alternate between indexed and seen (the neighbouring animation frame / variant)
+        variants: dict[str, list[Path]] = {}
+        for p in groups[g]:
+            with Image.open(p) as im:
+                size = im.size  # frames of one animation share their canvas size
+            variants.setdefault(f"{variant_key(p.stem)}:{size}", []).append(p)
+        for members in variants.values():
+            refs.extend(members[0::2])
+            seen.extend(members[1::2])
     rng.shuffle(refs)
     rng.shuffle(seen)
     unseen = [p for g in unseen_dirs for p in groups[g]]

@@ -130,6 +130,8 @@ PEERS = {"peer-phash": phash, "peer-dhash": dhash, "peer-colorhash": colorhash, 
 class PeerEmbedder:
     """A matcher embedder wrapping one peer descriptor."""
 
+    pretrained = None
+
     def __init__(self, spec: str, **kwargs):
         if spec not in PEERS:
             raise ValueError(f"unknown peer {spec!r}; known: {sorted(PEERS)}")
@@ -149,5 +151,5 @@ def register_peers() -> list[str]:
     from matcher.embedders import register_embedder
 
     for name in PEERS:
-        register_embedder(name, PeerEmbedder)
+        register_embedder(name, lambda variant=None, _name=name, **_kw: PeerEmbedder(_name))
     return list(PEERS)

@@ -1,18 +1,33 @@
-"""`classic`: a weights-free descriptor computed from pixels, so matcher works on a fresh offline machine.
+"""`classic`: a weights-free animation descriptor computed from pixels (numpy + Pillow only, never torch).
 
-Numpy + Pillow only (never torch): it must load instantly for `match cel.png`. Three parts, each
-L2-normalised, weighted and concatenated, then L2-normalised again:
-- colour layout: mean YCbCr over 1x1, 2x2 and 4x4 grids (where things are, and in which colours);
-- palette: a coarse hue/saturation/grey histogram (the production's colour "look", robust to crops);
-- structure: gradient-orientation histograms over a 4x4 grid (lines and edges, so an inked sketch
-  and its coloured frame agree).
-The image is trimmed of uniform borders first (letterboxing), and every part is pooled with its mirror
-image so that a horizontally flipped copy gives the same vector.
+Leaked files are rarely clean frames: sketches, flat cels, crops, frames with notes drawn on, re-encoded,
+letterboxed, grey or mirrored copies. Every part below was kept because it measurably helped on the
+accuracy benchmark (scripts/bench_accuracy.py, docs/BENCHMARKS.md "Accuracy (issue 3)").
+
+1. Preparation: uniform borders are trimmed (letterbox / pillarbox / scanner margins), then the still is
+   shrunk to 128x128 (BOX filter).
+2. Blocks, each L2-normalised and weighted (`WEIGHTS`):
+   - luminance: coarse layout (2x2, 4x4 means, centred), an 8x8 thumbnail (centred), an 8-bin histogram;
+   - colour: chroma (Cb, Cr) layout (1x1, 2x2, 4x4) and 8x8 thumbnail, and a hue x saturation x value
+     palette histogram (the production's colour "look", robust to crops);
+   - structure: structure-tensor orientation of the strongest 25% of edges, as 8-bin histograms over a
+     4x4 grid and globally, plus the edge density per cell. The tensor orientation is polarity-free and
+     merges both sides of a drawn line, so an inked sketch and its coloured frame agree;
+   - texture: log gradient-magnitude spectrum and a rotation-invariant local-binary-pattern histogram
+     (flat cel shading vs painted vs rendered).
+3. Flip invariance by construction: grids are pooled with their mirror image (orientation bins mirrored
+   too), global histograms are mirror-invariant anyway.
+4. Missing evidence is "unknown", not "absent": a grey image has no colour blocks and a line-art sketch
+   (achromatic, mostly white paper) keeps only its structure blocks. Zeroing those blocks would shrink the
+   vector's norm and, after normalisation, make every grey query prefer grey references. Their weight is
+   put instead on a pseudo-random unit vector (seeded by the pixels) in a spare subspace, which is
+   uncorrelated with everything, so the norm budget of every still is the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,31 +35,50 @@ from PIL import Image
 
 from matcher.embedders import l2_normalise
 
-_SIDE = 64  # working resolution: large enough for line structure, small enough to be fast
-_VERSION = "classic-v1"
+_SIDE = 128  # working resolution: large enough for line structure, small enough to be fast
+_VERSION = "classic-v2"
+_PREPARED = "matcher.classic.prepared"  # marker in Image.info: already trimmed and shrunk
+
+WEIGHTS = {
+    "layout_y": 1.0,
+    "layout_c": 1.0,
+    "palette": 1.0,
+    "lum": 0.6,
+    "hog": 1.4,
+    "hog_g": 0.8,
+    "edens": 0.6,
+    "texture": 0.8,
+    "thumb_y": 0.8,
+    "thumb_c": 0.8,
+}
+ORDER = tuple(WEIGHTS)
+_CHROMA = {"layout_c", "palette", "thumb_c"}
+_LUMA_ONLY_SKETCH = ("layout_y", "lum", "texture", "thumb_y")
+_UC = 256  # spare dimensions for unknown colour blocks
+_UL = 128  # ... and for unknown luminance blocks (sketches)
+EDGE_PERCENTILE = 75.0  # the strongest quarter of the tensor energy counts as "edge / line"
 
 
-def trim_borders(im: Image.Image, tolerance: float = 12.0, max_fraction: float = 0.3) -> Image.Image:
+def trim_borders(im: Image.Image, tolerance: float = 10.0, max_fraction: float = 0.35) -> Image.Image:
     """Crop uniform bars (letterbox / pillarbox / scanner margins) from each side of an RGB image."""
-    small = im if max(im.size) <= 256 else im.copy()
-    if small is not im:
-        small.thumbnail((256, 256))
+    small = im.copy()
+    small.thumbnail((192, 192))
     a = np.asarray(small, dtype=np.float32)
+    if a.ndim != 3:
+        return im
     h, w = a.shape[:2]
     if h < 8 or w < 8:
         return im
-
-    def flat(line: np.ndarray) -> bool:
-        return float(line.std(axis=0).max()) < tolerance
-
+    rows = a.std(axis=1).max(axis=1) < tolerance  # a row of one colour
+    cols = a.std(axis=0).max(axis=1) < tolerance
     top, bottom, left, right = 0, h, 0, w
-    while top < h * max_fraction and flat(a[top]):
+    while top < h * max_fraction and rows[top]:
         top += 1
-    while h - bottom < h * max_fraction and flat(a[bottom - 1]):
+    while h - bottom < h * max_fraction and rows[bottom - 1]:
         bottom -= 1
-    while left < w * max_fraction and flat(a[top:bottom, left]):
+    while left < w * max_fraction and cols[left]:
         left += 1
-    while w - right < w * max_fraction and flat(a[top:bottom, right - 1]):
+    while w - right < w * max_fraction and cols[right - 1]:
         right -= 1
     if (top, bottom, left, right) == (0, h, 0, w) or bottom - top < 8 or right - left < 8:
         return im
@@ -52,54 +86,108 @@ def trim_borders(im: Image.Image, tolerance: float = 12.0, max_fraction: float =
     return im.crop((round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
 
 
-def _grid_means(x: np.ndarray, cells: int) -> np.ndarray:
+def _blur(x: np.ndarray, r: int) -> np.ndarray:
+    """Box blur of radius r (summed-area table, edge-padded)."""
+    k = 2 * r + 1
+    p = np.pad(x, r, mode="edge")
+    c = np.pad(np.cumsum(np.cumsum(p, axis=0), axis=1), ((1, 0), (1, 0)))
+    return (c[k:, k:] - c[:-k, k:] - c[k:, :-k] + c[:-k, :-k]) / (k * k)
+
+
+def _cells(x: np.ndarray, n: int) -> np.ndarray:
     h, w = x.shape[:2]
-    return x.reshape(cells, h // cells, cells, w // cells, -1).mean(axis=(1, 3)).reshape(-1)
+    return x.reshape(n, h // n, n, w // n, *x.shape[2:]).mean(axis=(1, 3))
 
 
-def _colour_layout(ycc: np.ndarray) -> np.ndarray:
-    return np.concatenate([_grid_means(ycc, c) for c in (1, 2, 4)])
+def _mirror_pool(grid: np.ndarray) -> np.ndarray:
+    """A (n, n, ...) grid summed with its left-right mirror; the left half (plus middle) is kept."""
+    n = grid.shape[1]
+    return (grid + grid[:, ::-1])[:, : (n + 1) // 2]
 
 
-def _palette(rgb: np.ndarray) -> np.ndarray:
-    mx = rgb.max(axis=2)
-    mn = rgb.min(axis=2)
-    sat = (mx - mn) / np.maximum(mx, 1e-6)
+def _features(img: Image.Image) -> dict[str, np.ndarray | None]:
+    """Raw blocks of a prepared (128x128 RGB) still; None marks a block the still cannot provide."""
+    rgb = np.asarray(img, dtype=np.float32) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hue = (np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b)) + 360.0) % 360.0
-    chroma = sat > 0.2
-    hue_bin = np.minimum((hue / 30.0).astype(int), 11)  # 12 hues
-    sat_bin = np.where(sat > 0.6, 1, 0)
-    val_bin = np.minimum((mx * 4).astype(int), 3)  # 4 grey levels for achromatic pixels
-    idx = np.where(chroma, hue_bin * 2 + sat_bin, 24 + val_bin)
-    hist = np.bincount(idx.reshape(-1), minlength=28).astype(np.float32)
-    return np.sqrt(hist / hist.sum())  # Hellinger: rare colours still count
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    mx = rgb.max(axis=2)
+    chroma = mx - rgb.min(axis=2)
+    achromatic = float(np.percentile(chroma, 99.5)) < 0.03
+    sketch = achromatic and float((y > 0.85).mean()) > 0.5  # dark lines on (mostly) white paper
+    f: dict[str, np.ndarray | None] = {}
 
+    # structure
+    ys = _blur(y, 1)
+    gx = np.zeros_like(ys)
+    gy = np.zeros_like(ys)
+    gx[:, 1:-1] = ys[:, 2:] - ys[:, :-2]
+    gy[1:-1, :] = ys[2:, :] - ys[:-2, :]
+    jxx, jyy, jxy = _blur(gx * gx, 2), _blur(gy * gy, 2), _blur(gx * gy, 2)
+    energy = jxx + jyy
+    edge = energy > max(1e-3, float(np.percentile(energy, EDGE_PERCENTILE)))
+    theta = 0.5 * np.arctan2(2 * jxy, jxx - jyy)  # orientation across the line, polarity-free
+    nb, n = 8, 4
+    ob = ((theta + np.pi / 2) / np.pi * nb).astype(int) % nb
+    h, w = y.shape
+    cy = (np.arange(h) * n // h)[:, None]
+    cx = (np.arange(w) * n // w)[None, :]
+    hog = np.bincount(((cy * n + cx) * nb + ob)[edge], minlength=n * n * nb).reshape(n, n, nb)
+    hog = hog + hog[:, ::-1, ::-1]  # mirror: cell (i, j) <-> (i, n-1-j), orientation k <-> nb-1-k
+    hog = hog[:, : n // 2].astype(np.float32)
+    f["hog"] = np.sqrt(hog / max(1.0, float(hog.sum()))).ravel()
+    hg = np.bincount(ob[edge], minlength=nb).astype(np.float32)
+    hg = hg + hg[::-1]
+    f["hog_g"] = np.sqrt(hg / max(1.0, float(hg.sum())))
+    f["edens"] = _mirror_pool(_cells(edge.astype(np.float32), n)).ravel() - float(edge.mean())
+    if sketch:
+        for k in _LUMA_ONLY_SKETCH + tuple(_CHROMA):
+            f[k] = None
+        return f
 
-def _structure(grey: np.ndarray, cells: int = 4, bins: int = 8) -> np.ndarray:
-    gy, gx = np.gradient(grey)
-    mag = np.hypot(gx, gy)
-    ang = np.mod(np.arctan2(gy, gx), np.pi)  # unsigned orientation: ink edges of either polarity agree
-    b = np.minimum((ang / np.pi * bins).astype(int), bins - 1)
-    h, w = grey.shape
-    cy = np.repeat(np.arange(cells), h // cells)[:, None]
-    cx = np.repeat(np.arange(cells), w // cells)[None, :]
-    idx = (cy * cells + cx) * bins + b
-    hist = np.bincount(idx.reshape(-1), weights=mag.reshape(-1), minlength=cells * cells * bins)
-    hist = hist.reshape(cells * cells, bins)
-    hist /= np.linalg.norm(hist, axis=1, keepdims=True) + 1e-6  # per-cell: contrast-invariant
-    return np.sqrt(np.minimum(hist, 0.5)).reshape(-1)
-
-
-def _describe(rgb_img: Image.Image) -> np.ndarray:
-    rgb = np.asarray(rgb_img, dtype=np.float32) / 255.0
-    ycc = np.asarray(rgb_img.convert("YCbCr"), dtype=np.float32) / 255.0
-    parts = (
-        (_colour_layout(ycc), 1.0),
-        (_palette(rgb), 0.8),
-        (_structure(ycc[..., 0]), 1.2),
+    # luminance
+    f["layout_y"] = (
+        np.concatenate([_mirror_pool(_cells(y, c)).ravel() / (2 * c) for c in (2, 4)]) - y.mean() / 2
     )
-    return np.concatenate([w * p / (np.linalg.norm(p) + 1e-9) for p, w in parts])
+    ty = _mirror_pool(_cells(y, 8))
+    f["thumb_y"] = (ty - ty.mean()).ravel()
+    lh = np.bincount(np.minimum((y * 8).astype(int), 7).ravel(), minlength=8).astype(np.float32)
+    f["lum"] = np.sqrt(lh / lh.sum())
+
+    # colour
+    if achromatic:
+        for k in _CHROMA:
+            f[k] = None
+    else:
+        cc = np.stack([(b - y) * 0.564, (r - y) * 0.713], axis=-1)  # Cb, Cr
+        f["thumb_c"] = _mirror_pool(_cells(cc, 8)).ravel()
+        f["layout_c"] = np.concatenate([_mirror_pool(_cells(cc, c)).ravel() for c in (1, 2, 4)])
+        sat = chroma / np.maximum(mx, 1e-3)
+        hue = (np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b)) + 360.0) % 360.0
+        hb = np.minimum((hue / 30.0).astype(int), 11)
+        pidx = np.where(
+            sat > 0.2,
+            (hb * 2 + (sat > 0.6)) * 2 + (mx > 0.6),  # 12 hues x 2 saturations x 2 values
+            48 + np.minimum((mx * 4).astype(int), 3),  # 4 grey levels
+        )
+        ph = np.bincount(pidx.ravel(), minlength=52).astype(np.float32)
+        f["palette"] = np.sqrt(ph / ph.sum())  # Hellinger: rare colours still count
+
+    # texture
+    mag = np.hypot(gx, gy)
+    th = np.bincount(np.clip((np.log2(mag + 1e-4) + 9).astype(int), 0, 9).ravel(), minlength=10)
+    c0 = y[1:-1, 1:-1]
+    pop = np.zeros(c0.shape, dtype=np.int32)  # rotation-invariant LBP: how many neighbours are brighter
+    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)):
+        pop += (y[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] - c0) > 0.02
+    lb = np.bincount(pop.ravel(), minlength=9).astype(np.float32)
+    f["texture"] = np.concatenate([np.sqrt(th / th.sum()), np.sqrt(lb / lb.sum())]).astype(np.float32)
+    return f
+
+
+def _dims() -> dict[str, int]:
+    probe = Image.fromarray((np.random.default_rng(0).random((_SIDE, _SIDE, 3)) * 255).astype(np.uint8))
+    f = _features(probe)
+    return {k: int(np.asarray(f[k]).size) for k in ORDER}
 
 
 class ClassicEmbedder:
@@ -108,23 +196,45 @@ class ClassicEmbedder:
     spec = "classic"
     pretrained = None
 
-    def __init__(self) -> None:
-        probe = Image.new("RGB", (_SIDE, _SIDE))
-        self.dim = int(_describe(probe).shape[0])
-        self.fingerprint = hashlib.sha256(f"{_VERSION}:{_SIDE}:{self.dim}".encode()).hexdigest()[:16]
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.weights = dict(WEIGHTS, **(weights or {}))
+        self._dims = _dims()
+        self.dim = sum(self._dims.values()) + _UC + _UL
+        key = f"{_VERSION}:{_SIDE}:{self.dim}:{sorted(self.weights.items())}"
+        self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """Decode-side work: trim borders and shrink to the working size (cheap, picklable result)."""
         image = trim_borders(image.convert("RGB"))
-        return image.resize((_SIDE, _SIDE), Image.Resampling.BOX, reducing_gap=2.0)
+        out = image.resize((_SIDE, _SIDE), Image.Resampling.BOX)
+        out.info[_PREPARED] = True
+        return out
+
+    def _vector(self, small: Image.Image) -> np.ndarray:
+        f = _features(small)
+        parts = []
+        unknown = {"c": 0.0, "l": 0.0}
+        for k in ORDER:
+            v = f[k]
+            wk = self.weights[k]
+            nv = float(np.linalg.norm(v)) if v is not None else 0.0
+            if nv < 1e-4:
+                parts.append(np.zeros(self._dims[k], np.float32))
+                unknown["c" if k in _CHROMA else "l"] += wk * wk
+            else:
+                parts.append((wk / nv) * np.asarray(v, np.float32).ravel())
+        rng = np.random.default_rng(zlib.crc32(small.tobytes()))
+        for grp, dim in (("c", _UC), ("l", _UL)):
+            rv = rng.standard_normal(dim).astype(np.float32)
+            parts.append((np.sqrt(unknown[grp]) / np.linalg.norm(rv)) * rv)
+        return np.concatenate(parts)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed PIL images (raw, or already passed through `prepare`) into L2-normalised float32 rows."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
-            small = self.prepare(im) if im.size != (_SIDE, _SIDE) or im.mode != "RGB" else im
-            mirrored = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            # Pooling with the mirror makes a flipped copy embed identically.
-            out[i] = _describe(small) + _describe(mirrored)
+            small = im if im.info.get(_PREPARED) and im.size == (_SIDE, _SIDE) else self.prepare(im)
+            out[i] = self._vector(small)
         return l2_normalise(out)
