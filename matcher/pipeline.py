@@ -136,7 +136,7 @@ def _tasks(items, names):
             continue
         try:
             for path in walk([item]):
-                yield ("file", str(path))
+                yield ("file", path)  # keep the Path object: a RefusedPath carries its reason
         except InputError as exc:
             yield ("error", exc)
 
