@@ -359,6 +359,13 @@ def process(task: Task, lim: Limits) -> dict:
     if task.thumb is not None:
         out["thumb"] = _data_uri(out["parts"][0][1]) if out["parts"] and out["parts"][0][1] else None
         out["parts"] = []
+    elif _TRANSFORM is not None and out["parts"]:
+        try:
+            out["parts"] = [(m, _TRANSFORM(im) if im is not None else None, e) for m, im, e in out["parts"]]
+        except Exception as e:  # noqa: BLE001
+            out.update(
+                status="error", reason=f"cannot prepare image for the embedder: {one_line(e)}", parts=[]
+            )
     return out
 
 
@@ -370,7 +377,14 @@ def _data_uri(im, side: int = 160) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _worker_init() -> None:
+#: The embedder's decode-side preparation (classic: trim + shrink; clip: resize/crop), run in the
+#: workers so the main process only runs the model. Set by the pool initializer (fork: not pickled).
+_TRANSFORM = None
+
+
+def _worker_init(transform=None) -> None:
+    global _TRANSFORM
+    _TRANSFORM = transform
     if sys.platform.startswith("linux"):  # die with the parent, even when it is SIGKILLed
         with contextlib.suppress(Exception):
             import ctypes
@@ -396,9 +410,10 @@ def _worker_init() -> None:
 class DecodePool:
     """Process pool that survives hung and crashing decoders."""
 
-    def __init__(self, workers: int, limits: Limits, timeout: float):
+    def __init__(self, workers: int, limits: Limits, timeout: float, transform=None):
         import multiprocessing as mp
 
+        self.transform = transform
         self.workers = max(1, workers)
         self.limits = limits
         self.timeout = timeout
@@ -415,7 +430,9 @@ class DecodePool:
             for stream in (sys.stdout, sys.stderr):  # a forked child must not re-flush our buffers
                 with contextlib.suppress(Exception):
                     stream.flush()
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=self.ctx, initializer=_worker_init)
+            self.pool = ProcessPoolExecutor(
+                self.workers, mp_context=self.ctx, initializer=_worker_init, initargs=(self.transform,)
+            )
         return self.pool
 
     def submit(self, task: Task) -> Future:
@@ -519,8 +536,24 @@ class DumpStats:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-def _match_images(matcher, images: list, min_confidence: float | None = None) -> list:
-    """MatchResults for a batch of PIL images (embedded together, scored together)."""
+def _prep_fns(matcher):
+    """(decode-side transform run in workers, embed function for its outputs) of the matcher's
+    embedder, as matcher.pipeline defines them; (None, None) when there is none."""
+    emb = getattr(matcher, "embedder", None)
+    if emb is None or not hasattr(matcher, "match_vectors"):
+        return None, None
+    try:
+        from matcher.pipeline import _prep_fns as prep
+    except ImportError:
+        return None, None
+    return prep(emb)
+
+
+def _match_images(matcher, images: list, min_confidence: float | None = None, embed=None) -> list:
+    """MatchResults for a batch of images (embedded together, scored together). ``embed`` embeds
+    images already prepared by the workers' transform."""
+    if embed is not None:
+        return list(matcher.match_vectors(embed(images), min_confidence=min_confidence))
     if hasattr(matcher, "match_vectors") and hasattr(matcher, "embedder"):
         return list(matcher.match_vectors(matcher.embedder.embed(images), min_confidence=min_confidence))
     return list(matcher.match_many(images, min_confidence=min_confidence))
@@ -631,6 +664,7 @@ class DumpRun:
         self.min_confidence = min_confidence
         self.fsync = fsync
         self.memory_records: list[dict] = []
+        self.embed_fn = None
         self.stats = DumpStats()
 
     # -- records --------------------------------------------------------------------------------------
@@ -761,7 +795,8 @@ class DumpRun:
             self.abspaths = {e.rel: e.abspath for e in entries}
             self.stats.files = len(entries)
             self._progress_start(len(entries))
-            self.pool = DecodePool(self.workers, self.limits, self.decode_timeout)
+            transform, self.embed_fn = _prep_fns(self.matcher)
+            self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, transform)
             self._loop(entries)
             self.stats.seconds = time.monotonic() - self.t0
             self.stats.crashes, self.stats.timeouts = self.pool.crashes, self.pool.timeouts
@@ -963,12 +998,12 @@ class DumpRun:
         batch, self.queue = self.queue, []
         images = [im for _, _, im in batch]
         try:
-            results = _match_images(self.matcher, images, self.min_confidence)
+            results = _match_images(self.matcher, images, self.min_confidence, self.embed_fn)
         except Exception as e:  # noqa: BLE001 - one bad batch must not end the run: retry one by one
             results = []
             for im in images:
                 try:
-                    results.extend(_match_images(self.matcher, [im], self.min_confidence))
+                    results.extend(_match_images(self.matcher, [im], self.min_confidence, self.embed_fn))
                 except Exception as e2:  # noqa: BLE001
                     results.append(e2)
             del e

@@ -149,9 +149,9 @@ def test_killed_run_resumes_without_loss(world, tmp_path):
         from matcher import dump
         from matcher.api import Matcher
         real = dump._match_images
-        def slow(m, images, mc=None):
+        def slow(*args):
             time.sleep(0.15)
-            return real(m, images, mc)
+            return real(*args)
         dump._match_images = slow
         if __name__ == "__main__":
             m = Matcher.open({str(world["index"])!r})
@@ -291,15 +291,6 @@ def test_plain_match_of_a_hostile_directory_never_follows_links(world):
     by_path = Counter(r.path for r in results)
     assert by_path[str(world["dump"] / "video" / "clip.mp4")] == 3
     assert by_path[str(world["dump"] / "links" / "outside.png")] == 1
-
-
-@pytest.mark.xfail(reason="pipeline._tasks passes str(path), dropping RefusedPath's reason (needs `path`)")
-def test_plain_match_reports_links_as_refused(world):
-    m = Matcher.open(world["index"])
-    try:
-        results = list(m.match_many([world["dump"]], every=1.0))
-    finally:
-        m.close()
     secret = next(r for r in results if r.path.endswith("links/outside.png"))
     assert secret.status == "error" and secret.sha256 is None and "not followed" in secret.error
 
