@@ -1207,6 +1207,16 @@ def cli_main(
         min_confidence=min_confidence,
         on_record=on_record,
     )
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM / SIGHUP: stop like Ctrl-C, the report stays consistent
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                previous[sig] = signal.signal(sig, _terminate)
     try:
         stats = run.run()
     except rpt.ReportError as e:
@@ -1218,6 +1228,10 @@ def cli_main(
     except OSError as e:
         err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
         return 2
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)
     text = rpt.format_summary(stats.summary)
     text += f"\n{stats.files} entries in {stats.seconds:.1f} s"
     if stats.resumed:
