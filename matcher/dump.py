@@ -465,14 +465,25 @@ class DecodePool:
         fut = self.submit(task)
         return self.wait(fut, task, isolated=True)
 
+    def task_timeout(self, task: Task) -> float:
+        """The decode timeout, plus reading time at a slow 50 MB/s when the task hashes the file
+        (a 20 GB video must not be killed for taking long to hash)."""
+        if task.sha256 is not None:
+            return self.timeout
+        try:
+            size = os.lstat(task.abspath).st_size
+        except OSError:
+            size = 0
+        return self.timeout + size / 50e6
+
     def wait(self, fut: Future, task: Task, isolated: bool = False) -> dict | None:
         """The result, or None when the pool broke (caller retries in-flight tasks in isolation)."""
         try:
-            return fut.result(timeout=self.timeout)
+            return fut.result(timeout=self.task_timeout(task))
         except FutureTimeout:
             self.timeouts += 1
             self._kill()
-            return _failed(task, f"decoding took longer than {self.timeout:.0f} s: worker killed")
+            return _failed(task, f"decoding took longer than {self.task_timeout(task):.0f} s: worker killed")
         except BrokenProcessPool:
             self.crashes += 1
             self._kill()
