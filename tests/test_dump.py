@@ -321,3 +321,32 @@ def test_long_inputs_are_decoded_in_segments(world, tmp_path):
     assert sorted(r["frame"] for r in parts if r["path"] == "multi/pages.tiff") == [0, 1, 2]
     clip = next(r for r in file_records(out) if r["path"] == "video/clip.mp4")
     assert clip["stills"] == 6 and clip["title"] == "Beta <Bros>"
+
+
+def _stderr_on_a_tty(cmd: list[str]) -> tuple[int, str]:
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=slave, env=os.environ | {"COLUMNS": "100"}
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return p.wait(60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_tty_unless_quiet(world, tmp_path):
+    base = [sys.executable, "-m", "matcher.cli", "match", str(world["dump"]), "--index", str(world["index"])]
+    rc, err = _stderr_on_a_tty(base + ["--out", str(tmp_path / "a.jsonl")])
+    assert rc == 0 and "matching" in err and "files/s" in err and f"{len(world['expected'])}/" in err, err
+    rc, err = _stderr_on_a_tty(base + ["--out", str(tmp_path / "b.jsonl"), "--quiet"])
+    assert rc == 0 and "files/s" not in err, err
