@@ -79,3 +79,16 @@ def built_index(tmp_path_factory, library):
         m.add(paths, title=title)
     m.close()
     return root
+
+
+@pytest.fixture(scope="session")
+def hostile_world(tmp_path_factory):
+    """A tiny classic index and the hostile dump of tests/_hostile.py, built once per session
+    (test_dump.py, test_html_chromium.py; tests must not modify it)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _hostile
+
+    return _hostile.build_world(tmp_path_factory.mktemp("hostile"))

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return _hostile.build_world(tmp_path_factory.mktemp("world"))
+def world(hostile_world):
+    return hostile_world
 
 
 def run(world, out: Path | None, **kw):

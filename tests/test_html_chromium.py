@@ -32,10 +32,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
-    world = _hostile.build_world(tmp_path_factory.mktemp("world"))
-    out = world["base"] / "r.jsonl"
-    html = world["base"] / "report.html"
+def rendered(hostile_world, tmp_path_factory):
+    world = hostile_world
+    base = tmp_path_factory.mktemp("html")
+    out = base / "r.jsonl"
+    html = base / "report.html"
     m = Matcher.open(world["index"])
     dump.run_dump(world["dump"], m, out=out, html=html, every=1.0, all_frames=True, workers=2, quiet=True)
     m.close()
