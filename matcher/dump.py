@@ -238,6 +238,11 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
         out["parts"].append((meta, still, None))
 
 
+def _av_reason(e: Exception) -> str:
+    """FFmpeg's own words, without errno numbers or the file object's repr."""
+    return one_line(getattr(e, "strerror", None) or e)
+
+
 def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
     import av
 
@@ -247,7 +252,7 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
     try:
         container = av.open(fh, mode="r", metadata_errors="ignore")
     except Exception as e:  # noqa: BLE001
-        raise FileProblem(f"corrupt or unsupported video ({desc}): {one_line(e)}") from None
+        raise FileProblem(f"corrupt or unsupported video ({desc}): {_av_reason(e)}") from None
     with container:
         if not container.streams.video:
             raise FileProblem(f"no video stream in {desc} file")
@@ -292,8 +297,8 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
                 next_t = k * every
         except av.error.FFmpegError as e:
             if got == 0 and task.start == 0:
-                raise FileProblem(f"corrupt video ({desc}): {one_line(e)}") from None
-            out["note"] = f"video decoding stopped early: {one_line(e)}"
+                raise FileProblem(f"corrupt video ({desc}): {_av_reason(e)}") from None
+            out["note"] = f"video decoding stopped early: {_av_reason(e)}"
         if got == 0 and task.start == 0:
             raise FileProblem(f"no decodable video frame in {desc} file")
         out["more"] = more

@@ -99,11 +99,13 @@ def save_bytes(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def write_video(path: Path, frames: list[Image.Image], fps: int = 10, seconds_each: float = 1.0) -> None:
+def write_video(
+    path: Path, frames: list[Image.Image], fps: int = 10, seconds_each: float = 1.0, codec: str = "mpeg4"
+) -> None:
     import av
 
     with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=fps)
+        s = c.add_stream(codec, rate=fps)
         s.width, s.height = frames[0].size
         s.pix_fmt = "yuv420p"
         for im in frames:
@@ -153,6 +155,17 @@ def make_dump(root: Path, outside: Path) -> dict[str, tuple[str, str | None]]:
     (root / "video").mkdir(parents=True, exist_ok=True)
     write_video(root / "video" / "clip.mp4", [cel(1, 1), cel(1, 2), cel(1, 3)])
     exp["video/clip.mp4"] = ("matched", B)
+    # the other containers an investigator meets, each recognised by content
+    for name, codec, ti in (
+        ("clip.webm", "libvpx", 0),
+        ("clip.mkv", "mpeg4", 2),
+        ("clip.avi", "mpeg4", 0),
+        ("clip.mov", "mpeg4", 2),
+    ):
+        write_video(root / "video" / name, [cel(ti, 1), cel(ti, 2)], seconds_each=0.5, codec=codec)
+        exp[f"video/{name}"] = ("matched", TITLES[ti])
+    clip = (root / "video" / "clip.mp4").read_bytes()
+    put("bad/truncated.mp4", clip[: len(clip) // 2], "error")  # moov atom at the end: cut off
     # broken things
     good_png = save_bytes(cel(0, 0), "PNG")
     put("bad/corrupt.png", good_png[:40] + bytes(range(256)) * 8, "error")
