@@ -300,11 +300,12 @@ class CsvReport:
 
 # -- summary ---------------------------------------------------------------------------------------
 def latest_file_records(records: Iterable[dict]) -> list[dict]:
-    """The file verdicts of a report, one per (path, sha256), in report order."""
-    seen: dict[tuple, dict] = {}
+    """The current verdict of each path of a report (the latest line wins: a file that changed or
+    became readable since an earlier run is counted once, as it is now), in first-seen order."""
+    seen: dict[str, dict] = {}
     for rec in records:
         if rec.get("record") == FILE:
-            seen[(rec.get("path"), rec.get("sha256"))] = rec
+            seen[rec.get("path")] = rec
     return list(seen.values())
 
 
@@ -536,9 +537,12 @@ def write_html(
     files = latest_file_records(source())
     parts: dict[tuple, list[dict]] = defaultdict(list)
     n_parts: Counter = Counter()
+    current = {(r.get("path"), r.get("sha256")) for r in files}
     for rec in source():
         if rec.get("record") in PART_RECORDS:
             key = (rec.get("path"), rec.get("sha256"))
+            if key not in current:
+                continue
             n_parts[key] += 1
             if len(parts[key]) < MAX_PARTS_SHOWN:
                 parts[key].append(rec)

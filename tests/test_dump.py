@@ -269,6 +269,8 @@ def test_copy_of_dump_with_changed_file_is_rematched(world, tmp_path):
     assert stats.written == 1
     a = [r for r in file_records(out) if r["path"] == "a.png"]
     assert [r["title"] for r in a] == ["Alpha Squadron", "Beta <Bros>"] and a[0]["sha256"] != a[1]["sha256"]
+    n_files = sum(1 for _ in d.iterdir())
+    assert stats.summary["totals"]["files"] == n_files  # counted once, as it is now
 
 
 def test_plain_match_of_a_hostile_directory_never_follows_links(world):

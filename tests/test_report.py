@@ -110,8 +110,8 @@ def test_summary():
 
 
 def test_latest_file_records_dedupes():
-    rs = [rec("a", conf=0.1), rec("a", conf=0.2), rec("a", sha="cd" * 32), {"record": "summary"}]
-    assert len(latest_file_records(rs)) == 2
+    rs = [rec("a", conf=0.1), rec("b"), rec("a", sha="cd" * 32, conf=0.3), {"record": "summary"}]
+    assert [(r["path"], r["confidence"]) for r in latest_file_records(rs)] == [("a", 0.3), ("b", 0.9)]
 
 
 def test_html_escapes_and_is_self_contained(tmp_path):
