@@ -45,6 +45,7 @@ from typing import Any
 from matcher import report as rpt
 from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
     IMAGE_FORMATS,
+    MAX_PIXELS,
     Entry,
     display,
     link_entry,
@@ -52,9 +53,9 @@ from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of it
 )
 from matcher.sources import walk_dump as walk
 
-#: Largest image (width * height) decoded; checked from the header before decoding. 100 Mpx covers
-#: 8K frames and large scans; a 1 GB RGB buffer is the most one image can cost a worker.
-DEFAULT_MAX_PIXELS = 100_000_000
+#: Largest image (width * height) decoded; checked from the header before decoding. 80 Mpx covers
+#: 8K frames and large scans; a 240 MB RGB buffer is the most one image can cost a worker.
+DEFAULT_MAX_PIXELS = MAX_PIXELS  # one limit for every path (sources.py; $MATCHER_MAX_PIXELS)
 DEFAULT_EVERY = 2.0
 DEFAULT_DECODE_TIMEOUT = 120.0
 #: Stills handed from a worker are reduced to this longest side (the embedders work at <= 336 px).

@@ -79,7 +79,7 @@ def test_every_file_reported_once_with_the_right_status(world, tmp_path, monkeyp
     assert "loop" in by["links/loop_a"]["reason"] and "loop" in by["links/parent_loop"]["reason"]
     assert "FIFO" in by["links/pipe.png"]["reason"]
     assert "bomb" in by["bad/bomb.png"]["reason"]
-    assert "144 Mpx is over the 100 Mpx limit" in by["bad/bomb_small.gif"]["reason"]
+    assert "144 Mpx is over the 80 Mpx limit" in by["bad/bomb_small.gif"]["reason"]
     assert "text" in by["bad/text.png"]["reason"] and ".png" in by["bad/text.png"]["reason"]
     assert "truncated" in by["bad/truncated.jpg"]["reason"]
     assert "0 bytes" in by["bad/empty.png"]["reason"]
