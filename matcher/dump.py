@@ -34,7 +34,7 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -808,10 +808,12 @@ class DumpRun:
             custody = self._custody()
             self.custody_info = custody
             self._write({"record": rpt.RUN, **custody})
-            entries = self._exclude_outputs(list(walk(self.root)))
-            self.abspaths = {e.rel: e.abspath for e in entries}
-            self.stats.files = len(entries)
-            self._progress_start(len(entries))
+            # Two walks, so that memory does not grow with the dump: one to count (for the progress
+            # bar's ETA), one streamed into the decode window.
+            total = sum(1 for _ in walk(self.root))
+            self.abspaths: dict[str, bytes] = {}  # only names that are not valid UTF-8
+            entries = self._exclude_outputs(walk(self.root))
+            self._progress_start(total)
             transform, self.embed_fn = _prep_fns(self.matcher)
             self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, transform)
             self._loop(entries)
@@ -826,7 +828,7 @@ class DumpRun:
                 def records():
                     return iter(self.memory_records)
 
-            summary = rpt.summarize(rpt.latest_file_records(records()))
+            summary = rpt.summarize(rpt.latest_file_records(records(), slim=True))
             summary["run"] = {
                 "files_seen": self.stats.files,
                 "written": self.stats.written,
@@ -853,31 +855,27 @@ class DumpRun:
             if self.report is not None:
                 self.report.close()
 
-    def _exclude_outputs(self, entries: list[Entry]) -> list[Entry]:
-        """This run's own report files may sit inside the dump: list them, never match them."""
+    def _exclude_outputs(self, entries: Iterator[Entry]) -> Iterator[Entry]:
+        """This run's own report files may sit inside the dump: list them, never match them. Also
+        counts the entries and remembers the real bytes of names that are not valid UTF-8."""
         mine = set()
         for p in (self.out, self.csv_path, self.html):
             if p:
                 real = os.path.realpath(os.fsencode(os.fspath(p)))
                 mine.update({real, real + b".tmp"})
-        if not mine:
-            return entries
-        out = []
         for e in entries:
-            if e.kind == "file" and os.path.realpath(e.abspath) in mine:
+            self.stats.files += 1
+            if "\\x" in e.rel:
+                self.abspaths[e.rel] = e.abspath
+            if mine and e.kind == "file" and os.path.realpath(e.abspath) in mine:
                 e = Entry(e.rel, e.abspath, "skipped", "matcher's own output file for this run: not matched")
-            out.append(e)
-        return out
+            yield e
 
-    def _loop(self, entries: list[Entry]) -> None:
+    def _loop(self, entries: Iterator[Entry]) -> None:
         window = self.workers * 2
         inflight: deque[tuple[_FileState, Task, Future]] = deque()
         self.queue: list[tuple[_FileState, dict, Any]] = []
-        done_paths = self.report.done_paths() if self.report is not None else set()
-        done_shas: dict[str, set] = defaultdict(set)
-        if self.report is not None:
-            for p, s in self.report._done:
-                done_shas[p].add(s)
+        report = self.report
 
         def submit(st: _FileState, task: Task) -> None:
             inflight.append((st, task, self.pool.submit(task)))
@@ -904,7 +902,7 @@ class DumpRun:
                     )
                     self._finish(st, rec)
                     continue
-                skip = frozenset(done_shas[entry.rel]) if entry.rel in done_paths else frozenset()
+                skip = report.done_shas(entry.rel) if report is not None else frozenset()
                 task = Task(idx=0, rel=entry.rel, abspath=entry.abspath, skip_shas=skip)
                 st.task = task
                 st.outstanding = 1

@@ -125,7 +125,10 @@ class JsonlReport:
     def __init__(self, path: str | os.PathLike, fsync: bool = True):
         self.path = Path(path)
         self.fsync = fsync
-        self._done: dict[tuple[str, str | None], dict] = {}
+        # path -> sha256s with a verdict line. Only keys, never the records: a report of a million
+        # files must not cost gigabytes to resume.
+        self._done: dict[str, set[str | None]] = defaultdict(set)
+        self._n_done = 0
         self._parts: dict[tuple[str, str | None], dict[tuple, dict]] = defaultdict(dict)
         self.repaired_bytes = 0
         self.bad_lines = 0
@@ -180,19 +183,24 @@ class JsonlReport:
     def _index(self, rec: dict) -> None:
         kind = rec.get("record")
         if kind == FILE:
-            self._done[(rec.get("path"), rec.get("sha256"))] = rec
+            shas = self._done[rec.get("path")]
+            if rec.get("sha256") not in shas:
+                shas.add(rec.get("sha256"))
+                self._n_done += 1
             self._parts.pop((rec.get("path"), rec.get("sha256")), None)
         elif kind in PART_RECORDS:
             key = (rec.get("path"), rec.get("sha256"))
-            if key not in self._done:
+            if not self.is_done(*key):
                 self._parts[key][part_key(rec)] = rec
 
     # -- resume queries -----------------------------------------------------------------------------
     def is_done(self, path: str, sha256: str | None) -> bool:
-        return (path, sha256) in self._done
+        shas = self._done.get(path)
+        return shas is not None and sha256 in shas
 
-    def done_record(self, path: str, sha256: str | None) -> dict | None:
-        return self._done.get((path, sha256))
+    def done_shas(self, path: str) -> frozenset:
+        """The contents (sha256) of this path that already have a verdict line."""
+        return frozenset(self._done.get(path, ()))
 
     def parts_of(self, path: str, sha256: str | None) -> dict[tuple, dict]:
         """Part lines already written for a file whose verdict line is missing (an interrupted run)."""
@@ -200,10 +208,7 @@ class JsonlReport:
 
     @property
     def done_count(self) -> int:
-        return len(self._done)
-
-    def done_paths(self) -> set[str]:
-        return {p for p, _ in self._done}
+        return self._n_done
 
     # -- writing ------------------------------------------------------------------------------------
     def write(self, rec: dict) -> None:
@@ -299,12 +304,20 @@ class CsvReport:
 
 
 # -- summary ---------------------------------------------------------------------------------------
-def latest_file_records(records: Iterable[dict]) -> list[dict]:
+_SLIM = ("path", "sha256", "status", "title", "confidence")
+
+
+def latest_file_records(records: Iterable[dict], slim: bool = False) -> list[dict]:
     """The current verdict of each path of a report (the latest line wins: a file that changed or
-    became readable since an earlier run is counted once, as it is now), in first-seen order."""
+    became readable since an earlier run is counted once, as it is now), in first-seen order.
+
+    ``slim`` keeps only what `summarize` needs (~10x less memory on a big report)."""
     seen: dict[str, dict] = {}
     for rec in records:
         if rec.get("record") == FILE:
+            if slim:
+                cands = rec.get("candidates") or []
+                rec = {k: rec.get(k) for k in _SLIM} | {"candidates": cands[:1]}
             seen[rec.get("path")] = rec
     return list(seen.values())
 
