@@ -352,3 +352,26 @@ def test_progress_bar_on_a_tty_unless_quiet(world, tmp_path):
     assert rc == 0 and "matching" in err and "files/s" in err and f"{len(world['expected'])}/" in err, err
     rc, err = _stderr_on_a_tty(base + ["--out", str(tmp_path / "b.jsonl"), "--quiet"])
     assert rc == 0 and "files/s" not in err, err
+
+
+def test_cli_json_streams_one_verdict_per_file(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from matcher.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "match",
+            str(world["dump"]),
+            "--index",
+            str(world["index"]),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert sorted(r["path"] for r in lines) == sorted(world["expected"])
+    assert all(r["record"] == "file" for r in lines)
