@@ -463,7 +463,15 @@ def _evidence_html(evidence: list[dict], ref_thumb: RefThumbFn | None, limit: in
             + _img(uri, "reference still not available")
             + f"<div><b>{_e(ev.get('title'))}</b></div>"
             + f'<div class="mono">{_e(ev.get("reference"))}{_e(ts)}</div>'
-            + f"<div>similarity {float(ev.get('similarity') or 0):.3f}</div></div>"
+            + f"<div>similarity {float(ev.get('similarity') or 0):.3f}</div>"
+            + (
+                f"<div>leak still @ {_e(format_ts(ev['query_timestamp']))}</div>"
+                if ev.get("query_timestamp") is not None
+                else f"<div>leak frame {_e(ev['query_frame'])}</div>"
+                if ev.get("query_frame") is not None
+                else ""
+            )
+            + "</div>"
         )
     out.append("</div>")
     return "".join(out)

@@ -162,6 +162,7 @@ def test_report_renders_grouped_escaped_and_self_contained(rendered):
     assert {g for g, _ in groups} == set(_hostile.TITLES)
     video = next(i for i in matched if "video/clip.mp4" in "".join(i["text"]))
     assert "3 stills/frames" in "".join(video["text"]) and "0:01.0" in "".join(video["text"])
+    assert "leak still @ 0:0" in "".join(video["text"])  # which still of the leak each reference matched
     # unknowns and errors/skipped in their own sections
     unknown = [i for i in scan.items if i["section"] == "unknown"]
     assert ["good/grey.png" in "".join(i["text"]) for i in unknown] == [True]
