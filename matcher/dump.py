@@ -172,7 +172,7 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
     try:
         im = Image.open(fh, formats=formats)
     except Image.DecompressionBombError as e:
-        raise FileProblem(f"decompression bomb refused: {e}") from None
+        raise FileProblem(f"decompression bomb refused from the header, before decoding: {e}") from None
     except UnidentifiedImageError:
         raise FileProblem(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
@@ -227,7 +227,7 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
         except FileProblem:
             raise
         except Image.DecompressionBombError as e:
-            raise FileProblem(f"decompression bomb refused: {e}") from None
+            raise FileProblem(f"decompression bomb refused from the header, before decoding: {e}") from None
         except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file error
             what = "truncated or corrupt" if "truncated" in str(e) else "corrupt"
             where = f" (frame {i})" if out["multi"] else ""
@@ -630,6 +630,14 @@ def aggregate(parts: list[dict], kind: str) -> dict:
                 )
                 evidence.append({**e, **where})
     evidence.sort(key=lambda e: -float(e.get("similarity") or 0))
+    seen_refs: set = set()
+    unique = []
+    for e in evidence:  # one entry per reference still: the leak still that matched it best
+        ref = (e.get("reference"), e.get("timestamp"))
+        if ref not in seen_refs:
+            seen_refs.add(ref)
+            unique.append(e)
+    evidence = unique
     errors = sum(1 for p in parts if p.get("status") == "error")
     if errors:
         reason += f"; {errors} {unit} could not be decoded"
