@@ -59,7 +59,7 @@ def small320(img: Image.Image, seed: int = 0) -> Image.Image:
 
 def _ink(img: Image.Image) -> np.ndarray:
     """Boolean ink mask: strong luminance gradients, as a tracer would ink the drawing's outlines."""
-    g = np.asarray(img.convert("L").filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)
+    g = np.asarray(img.convert("L").filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
     gx = np.zeros_like(g)
     gy = np.zeros_like(g)
     gx[:, 1:-1] = g[:, 2:] - g[:, :-2]
@@ -81,7 +81,10 @@ def lineart(img: Image.Image, seed: int = 0) -> Image.Image:
 
 def cel(img: Image.Image, seed: int = 0) -> Image.Image:
     """A flat-coloured cel: smoothed, posterised to a few flat colours, with black ink lines on top."""
-    flat = img.filter(ImageFilter.MedianFilter(5))
+    # smoothing at half size (a 5x5 median at full size costs 0.3 s on a 640 px frame)
+    w, h = img.size
+    half = img.resize((max(1, w // 2), max(1, h // 2)), Image.BOX).filter(ImageFilter.MedianFilter(3))
+    flat = half.resize((w, h), Image.NEAREST)
     q = flat.quantize(colors=8, method=Image.Quantize.MEDIANCUT).convert("RGB")
     arr = np.asarray(q).copy()
     arr[_ink(img)] = (20, 20, 20)

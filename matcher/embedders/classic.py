@@ -42,12 +42,12 @@ _PREPARED = "matcher.classic.prepared"  # marker in Image.info: already trimmed 
 WEIGHTS = {
     "layout_y": 1.0,
     "layout_c": 1.0,
-    "palette": 1.0,
-    "lum": 0.6,
+    "palette": 2.0,
+    "lum": 1.0,
     "hog": 1.4,
-    "hog_g": 0.8,
+    "hog_g": 1.5,
     "edens": 0.6,
-    "texture": 0.8,
+    "texture": 1.5,
     "thumb_y": 0.8,
     "thumb_c": 0.8,
 }
@@ -113,7 +113,8 @@ def _features(img: Image.Image) -> dict[str, np.ndarray | None]:
     mx = rgb.max(axis=2)
     chroma = mx - rgb.min(axis=2)
     achromatic = float(np.percentile(chroma, 99.5)) < 0.03
-    sketch = achromatic and float((y > 0.85).mean()) > 0.5  # dark lines on (mostly) white paper
+    dark = float((y < 0.45).mean())
+    sketch = achromatic and float((y > 0.85).mean()) > 0.5 and 0.005 < dark < 0.4  # dark lines, white paper
     f: dict[str, np.ndarray | None] = {}
 
     # structure
@@ -220,7 +221,9 @@ class ClassicEmbedder:
             nv = float(np.linalg.norm(v)) if v is not None else 0.0
             if nv < 1e-4:
                 parts.append(np.zeros(self._dims[k], np.float32))
-                unknown["c" if k in _CHROMA else "l"] += wk * wk
+                # a sketch's unknowns all go to the luminance subspace, so they never meet the colour
+                # unknowns of grey references (the two kinds of still are not alike)
+                unknown["c" if k in _CHROMA and f["lum"] is not None else "l"] += wk * wk
             else:
                 parts.append((wk / nv) * np.asarray(v, np.float32).ravel())
         rng = np.random.default_rng(zlib.crc32(small.tobytes()))
