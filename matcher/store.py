@@ -344,7 +344,10 @@ class ReferenceStore:
         if ann.should_rebuild(self.index, manifest.get("search")):
             # Grown past exact search (or an IVF index's size changed 4x since it was trained):
             # rebuild the kind that fits, with recall@10 measured (see ann.build).
-            self.index, manifest["search"] = ann.build(*ann.all_vectors(self.index))
+            vectors, ids = ann.all_vectors(self.index)
+            self.index = None  # free the old index first: peak 2x the vectors, not 3x
+            self.index, manifest["search"] = ann.build(vectors, ids)
+            del vectors, ids
         elif ann.describe(self.index)["kind"] == "exact":  # keep a fallback's note and size
             manifest["search"] = {**(manifest.get("search") or {}), **ann.describe(self.index)}
         manifest.update(generation=gen, count=int(self.index.ntotal), vectors=f"vectors-{gen}.faiss")

@@ -177,3 +177,14 @@ def test_unaligned_mmapped_exact_search_matches(tmp_path, monkeypatch):
     assert np.array_equal(i1, i2) and np.allclose(d1, d2, atol=1e-5)
     if not vectors.flags.aligned:  # faiss's file layout puts the codes at an odd offset
         assert vectors.ctypes.data % 4 != 0
+
+
+def test_grouped_ivf_batch_search_matches_faiss():
+    x = clustered(8000)
+    ids = np.arange(8000, dtype=np.int64) + 100
+    index, info = ann.build(x, ids, exact_max=1000, eval_queries=200)
+    assert info["kind"] == "ivf-flat"
+    q = clustered(200, seed=3)
+    d_ref, i_ref = index.search(q, 10)
+    d, i = ann.search(index, q, 10)  # >= GROUPED_MIN_QUERIES: list-by-list path
+    assert (i == i_ref).mean() > 0.999 and np.allclose(d, d_ref, atol=1e-5)
