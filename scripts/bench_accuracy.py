@@ -163,8 +163,11 @@ def summarise(queries: list[dict], recs: list[dict], transforms: list[str]) -> d
         row["decision"] = M.top1([queries[i]["truth"] for i in known], [recs[i]["decision"] for i in known])
         row["false_attr"] = float(np.mean([recs[i]["decision"] is not None for i in dis])) if dis else np.nan
         row["auroc"] = M.auroc([recs[i]["confidence"] for i in known], [recs[i]["confidence"] for i in dis])
-        row["ece"] = M.ece(
-            [recs[i]["confidence"] for i in sel], [recs[i]["top1"] == queries[i]["truth"] for i in sel]
+        conf = [recs[i]["confidence"] for i in sel]
+        ok = [recs[i]["top1"] == queries[i]["truth"] for i in sel]
+        row["ece"] = M.ece(conf, ok)
+        row["ece_bal"] = M.ece(
+            conf, ok, weights=M.balanced_weights([queries[i]["truth"] is None for i in sel])
         )
         rows[t] = row
     return rows
@@ -179,14 +182,14 @@ def table_per_embedder(name: str, rows: dict[str, dict]) -> str:
         f"**{name}**",
         "",
         "| transform | seen top-1 | seen macro | unseen top-1 | unseen macro | decision acc (known) "
-        "| false attr (distractors) | AUROC | ECE |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| false attr (distractors) | AUROC | ECE | ECE 1:1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t, r in rows.items():
         out.append(
             f"| {t} | {pct(r['seen'])} | {pct(r['seen_macro'])} | {pct(r['unseen'])} "
             f"| {pct(r['unseen_macro'])} | {pct(r['decision'])} | {pct(r['false_attr'])} "
-            f"| {r['auroc']:.3f} | {r['ece']:.3f} |"
+            f"| {r['auroc']:.3f} | {r['ece']:.3f} | {r['ece_bal']:.3f} |"
         )
     return "\n".join(out)
 
@@ -201,7 +204,7 @@ def table_compare(results: dict[str, dict[str, dict]], key: str, label: str, fmt
         for n, v in zip(names, vals, strict=True):
             s = fmt(v)
             others = [w for m, w in zip(names, vals, strict=True) if m != n]
-            better = (v < min(others)) if key in ("false_attr", "ece") else (v > max(others))
+            better = (v < min(others)) if key in ("false_attr", "ece", "ece_bal") else (v > max(others))
             cells.append(f"**{s}**" if others and better else s)
         out.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -283,6 +286,9 @@ def main() -> None:
         parts.append(table_compare(results, key, label))
     parts.append(table_compare(results, "auroc", "open-set AUROC", fmt=lambda v: f"{v:.3f}"))
     parts.append(table_compare(results, "ece", "ECE (15 bins)", fmt=lambda v: f"{v:.3f}"))
+    parts.append(
+        table_compare(results, "ece_bal", "ECE, known:distractor weighted 1:1", fmt=lambda v: f"{v:.3f}")
+    )
     tim = ["| embedder | index build s | embed ms/query | match ms/query |", "|---|---|---|---|"]
     tim += [
         f"| {n} | {t['index_s']:.1f} | {t.get('embed_ms', float('nan')):.1f} | {t['query_ms']:.1f} |"

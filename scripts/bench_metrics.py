@@ -47,19 +47,31 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
     return float((r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def ece(conf: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
-    """Expected calibration error with equal-width confidence bins."""
+def ece(
+    conf: Sequence[float], correct: Sequence[bool], bins: int = 15, weights: Sequence[float] | None = None
+) -> float:
+    """Expected calibration error with equal-width confidence bins (optionally sample-weighted)."""
     conf = np.clip(np.asarray(conf, dtype=np.float64), 0, 1)
     correct = np.asarray(correct, dtype=np.float64)
     if len(conf) == 0:
         return float("nan")
+    w = np.ones(len(conf)) if weights is None else np.asarray(weights, dtype=np.float64)
     idx = np.minimum((conf * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
         m = idx == b
-        if m.any():
-            total += m.sum() / len(conf) * abs(conf[m].mean() - correct[m].mean())
+        if m.any() and w[m].sum() > 0:
+            gap = abs(np.average(conf[m], weights=w[m]) - np.average(correct[m], weights=w[m]))
+            total += w[m].sum() / w.sum() * gap
     return float(total)
+
+
+def balanced_weights(is_distractor: Sequence[bool]) -> np.ndarray:
+    """Sample weights giving known queries and distractors half the total each (the 1:1 prior that
+    matcher's calibration assumes, since a dump's share of unknowns is not known in advance)."""
+    d = np.asarray(is_distractor, dtype=bool)
+    nd, nk = max(int(d.sum()), 1), max(int((~d).sum()), 1)
+    return np.where(d, 0.5 / nd, 0.5 / nk) * len(d)
 
 
 def knn_vote(sims: np.ndarray, ref_titles: np.ndarray, k: int = 10, temp: float = 0.05):
