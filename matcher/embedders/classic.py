@@ -57,18 +57,16 @@ _LUMA_ONLY_SKETCH = ("lum", "texture", "thumb_y")
 _UC = 256  # spare dimensions for unknown colour blocks
 _UL = 128  # ... and for unknown luminance blocks (sketches)
 EDGE_PERCENTILE = 75.0  # the strongest quarter of the tensor energy counts as "edge / line"
+LBP_T = 0.02  # a neighbour counts as brighter above this luminance step
 
 
-def trim_borders(im: Image.Image, tolerance: float = 10.0, max_fraction: float = 0.35) -> Image.Image:
-    """Crop uniform bars (letterbox / pillarbox / scanner margins) from each side of an RGB image."""
-    small = im.copy()
-    small.thumbnail((192, 192))
-    a = np.asarray(small, dtype=np.float32)
-    if a.ndim != 3:
-        return im
+def _trim_box(
+    a: np.ndarray, tolerance: float = 10.0, max_fraction: float = 0.35
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) inside uniform bars (letterbox / pillarbox / margins) of an HxWx3 array."""
     h, w = a.shape[:2]
     if h < 8 or w < 8:
-        return im
+        return 0, 0, w, h
     rows = a.std(axis=1).max(axis=1) < tolerance  # a row of one colour
     cols = a.std(axis=0).max(axis=1) < tolerance
     top, bottom, left, right = 0, h, 0, w
@@ -80,10 +78,20 @@ def trim_borders(im: Image.Image, tolerance: float = 10.0, max_fraction: float =
         left += 1
     while w - right < w * max_fraction and cols[right - 1]:
         right -= 1
-    if (top, bottom, left, right) == (0, h, 0, w) or bottom - top < 8 or right - left < 8:
+    if bottom - top < 8 or right - left < 8:
+        return 0, 0, w, h
+    return left, top, right, bottom
+
+
+def trim_borders(im: Image.Image, tolerance: float = 10.0, max_fraction: float = 0.35) -> Image.Image:
+    """Crop uniform bars (letterbox / pillarbox / scanner margins) from each side of an RGB image."""
+    small = im.copy()
+    small.thumbnail((192, 192))
+    box = _trim_box(np.asarray(small, dtype=np.float32), tolerance, max_fraction)
+    if box == (0, 0, small.size[0], small.size[1]):
         return im
-    sx, sy = im.size[0] / w, im.size[1] / h
-    return im.crop((round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)))
+    sx, sy = im.size[0] / small.size[0], im.size[1] / small.size[1]
+    return im.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)))
 
 
 def _blur(x: np.ndarray, r: int) -> np.ndarray:
@@ -175,7 +183,7 @@ def _features(img: Image.Image) -> dict[str, np.ndarray | None]:
     c0 = y[1:-1, 1:-1]
     pop = np.zeros(c0.shape, dtype=np.int32)  # rotation-invariant LBP: how many neighbours are brighter
     for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)):
-        pop += (y[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] - c0) > 0.02
+        pop += (y[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] - c0) > LBP_T
     lb = np.bincount(pop.ravel(), minlength=9).astype(np.float32)
     f["texture"] = np.concatenate([np.sqrt(th / th.sum()), np.sqrt(lb / lb.sum())]).astype(np.float32)
     return f
@@ -202,8 +210,18 @@ class ClassicEmbedder:
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """Decode-side work: trim borders and shrink to the working size (cheap, picklable result)."""
-        image = trim_borders(image.convert("RGB"))
-        out = image.resize((_SIDE, _SIDE), Image.Resampling.BOX)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        # shrink first (integer box reduction is cheap), trim the bars on the small copy, then resize
+        k = min(image.size) // (2 * _SIDE)
+        if k >= 2:
+            image = image.reduce(k)
+        k = max(image.size) // 160  # the bars are found on a ~160 px probe
+        probe = image.reduce(k) if k >= 2 else image
+        box = _trim_box(np.asarray(probe, dtype=np.float32))
+        sx, sy = image.size[0] / probe.size[0], image.size[1] / probe.size[1]
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        out = image.resize((_SIDE, _SIDE), Image.Resampling.BOX, box=box)
         out.info[_PREPARED] = True
         return out
 
