@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BENCH_VERSION = "v1"
+BENCH_VERSION = "v2"
 MIN_SIDE = 64
 MAX_SIDE = 640
 BG = (128, 128, 128)
@@ -48,8 +48,8 @@ BG = (128, 128, 128)
 PLAN = {
     "wesnoth": (1500, 40, 40),
     "planetblupi": (400, 40, 40),
-    "hedgewars": (300, 40, 40),
-    "supertux": (120, 40, 40),
+    "hedgewars": (450, 40, 40),
+    "supertux": (250, 40, 40),
     "bigbuckbunny": (30, 30, 22),
 }
 DISTRACTORS = {"freedroidrpg": 50, "photos": 30}
@@ -175,23 +175,28 @@ def _build_art(w: _Writer, data: Path, title: str, n_ref: int, n_seen: int, n_un
         for p in groups[g]:
             with Image.open(p) as im:
                 size = im.size  # frames of one animation share their canvas size
-            variants.setdefault(f"{variant_key(p.stem)}:{size}", []).append(p)
-        for members in variants.values():
-            refs.extend(members[0::2])
-            seen.extend(members[1::2])
+            variants.setdefault(f"{g}/{variant_key(p.stem)}:{size}", []).append(p)
+        for key, members in variants.items():
+            refs.extend((key, p) for p in members[0::2])
+            seen.extend((key, p) for p in members[1::2])
     rng.shuffle(refs)
     rng.shuffle(seen)
-    unseen = [p for g in unseen_dirs for p in groups[g]]
+    unseen = [("", p) for g in unseen_dirs for p in groups[g]]
     rng.shuffle(unseen)
+    indexed: set[str] = set()
     for role, pool, n in (("ref", refs, n_ref), ("seen", seen, n_seen), ("unseen", unseen, n_unseen)):
         k = 0
-        for p in pool:
+        for key, p in pool:
             if k >= n:
                 break
+            if role == "seen" and key not in indexed:
+                continue  # a seen query needs a sibling that made it into the index
             img = load_art(p)
             if img is None:
                 continue
             w.add(img, role, title, "art", str(p.relative_to(data)))
+            if role == "ref":
+                indexed.add(key)
             k += 1
 
 
