@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter, ImageOps
 from matcher.scoring import Calibration, TitleScorer
 
 PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to refit
-MAX_FALSE_ATTRIBUTION = 0.05  # the default threshold keeps unknown probes below this rate
+MAX_FALSE_ATTRIBUTION = 0.02  # the default threshold keeps unknown probes below this rate
 
 
 def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -105,8 +105,11 @@ class TitleScorer:
         if not present:
             return Ranking([], z_present, best, -10.0, 0.0)
         z_top = float(z_present[0])
-        others = [zs[t] for t in self.all_titles if t != present[0]]
-        margin = z_top - max(others) if others else z_top
+        # Margin in raw similarity over the runner-up title (absent titles: the floor), in units of the
+        # background spread: how far ahead the winner is, independent of per-title offsets.
+        others = [best[t][0] if t in best else floor for t in self.all_titles if t != present[0]]
+        runner_up = max(others) if others else floor
+        margin = (best[present[0]][0] - runner_up) / cal.global_sigma
         return Ranking(present, z_present, best, z_top, float(margin))
 
     def score(self, ranking: Ranking, threshold: float | None = None, max_candidates: int = 5):
@@ -116,13 +119,14 @@ class TitleScorer:
         if not ranking.titles:
             return None, 0.0, []
         candidates = []
+        top_s = ranking.best[ranking.titles[0]][0]
+        runner_up = top_s - ranking.margin * cal.global_sigma
         for j, t in enumerate(ranking.titles[:max_candidates]):
-            rivals = [zz for tt, zz in zip(ranking.titles, ranking.z) if tt != t]
-            # Titles absent from the neighbours still compete: their bound is below every present z.
-            rival = max(rivals) if rivals else ranking.z_top - ranking.margin
-            if j == 0:
-                rival = ranking.z_top - ranking.margin
-            p = float(cal.probability(ranking.z[j], ranking.z[j] - rival))
+            # Each candidate's margin is measured against the best of the others (for non-top
+            # candidates: the top title), so only the top can have a positive margin.
+            rival = runner_up if j == 0 else top_s
+            margin = (ranking.best[t][0] - rival) / cal.global_sigma
+            p = float(cal.probability(ranking.z[j], margin))
             candidates.append(TitleScore(t, p))
         confidence = candidates[0].score
         title = ranking.titles[0] if confidence >= threshold else None
