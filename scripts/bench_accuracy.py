@@ -267,6 +267,7 @@ def main() -> None:
     if args.limit:
         nq = {r: sum(1 for it in qitems if it["role"] == r) for r in ("seen", "unseen", "distractor")}
     harness = "matcher.Matcher" if use_matcher else "plain kNN vote"
+    harness += f" at commit {git_state()}"
     hdr = [
         f"Measured {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, no GPU; harness: {harness}.",
@@ -302,6 +303,23 @@ def main() -> None:
     (bench_dataset.bench_dir() / f"accuracy-{stamp}.md").write_text(md)
     if args.update_docs:
         update_docs(md)
+
+
+def git_state() -> str:
+    """Short HEAD commit, flagged when matcher/ has uncommitted changes (they shape the numbers)."""
+    import subprocess
+
+    try:
+        root = HERE.parent
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "matcher"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + (" + uncommitted changes in matcher/" if dirty else "")
 
 
 def update_docs(md: str) -> None:
