@@ -11,7 +11,7 @@ accuracy benchmark (scripts/bench_accuracy.py, docs/BENCHMARKS.md "Accuracy (iss
    - colour: a chroma (Cb, Cr) 8x8 thumbnail and a hue x saturation x value palette histogram (the
      production's colour "look", robust to crops);
    - structure: structure-tensor orientation of the strongest 25% of edges, as 8-bin histograms over a
-     4x4 grid and globally, plus the edge density per cell. The tensor orientation is polarity-free and
+     4x4 grid and globally, plus the edge density on an 8x8 grid. The tensor orientation is polarity-free and
      merges both sides of a drawn line, so an inked sketch and its coloured frame agree;
    - texture: log gradient-magnitude spectrum and a rotation-invariant local-binary-pattern histogram
      (flat cel shading vs painted vs rendered).
@@ -19,10 +19,12 @@ accuracy benchmark (scripts/bench_accuracy.py, docs/BENCHMARKS.md "Accuracy (iss
 3. Flip invariance by construction: grids are pooled with their mirror image (orientation bins mirrored
    too), global histograms are mirror-invariant anyway.
 4. Missing evidence is "unknown", not "absent": a grey image has no colour blocks and a line-art sketch
-   (achromatic, mostly white paper) keeps only its structure blocks. Zeroing those blocks would shrink the
-   vector's norm and, after normalisation, make every grey query prefer grey references. Their weight is
-   put instead on a pseudo-random unit vector (seeded by the pixels) in a spare subspace, which is
-   uncorrelated with everything, so the norm budget of every still is the same.
+   (achromatic, mostly white paper, some dark lines) keeps only its structure blocks. Zeroing those blocks
+   would shrink the vector's norm and, after normalisation, make every grey query prefer grey references.
+   Their weight goes instead to spare dimensions, one subspace per kind of unknown (colour of a grey
+   still: a seeded dense random vector in 256 dims; empty blocks of a flat still: 64 dims; the non-line
+   blocks of a sketch: one pixel-chosen coordinate of 128), which are uncorrelated with everything, so
+   every still has the same norm budget.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ ORDER = tuple(WEIGHTS)
 CENTRE: dict[str, float] = {}  # measured: taking the flat direction out of histograms did not help
 _CHROMA = {"palette", "thumb_c"}
 _LUMA_ONLY_SKETCH = ("lum", "texture", "thumb_y")
-_UC = 256  # spare dimensions for unknown colour blocks
-_UL = 128  # ... and for unknown luminance blocks (sketches)
+_UC = 256  # spare dimensions for the unknown colour blocks of grey stills
+_UL = 64  # ... for blocks that are empty (no edges in a flat still)
+_US = 128  # ... for everything but the structure of a line-art sketch
 EDGE_PERCENTILE = 75.0  # the strongest quarter of the tensor energy counts as "edge / line"
 LBP_T = 0.02  # a neighbour counts as brighter above this luminance step
+EDENS_N = 8  # edge density grid: 8x8 lets a sketch's lines find their frame (4x4: seen line-art -16 pts)
 
 
 def _trim_box(
@@ -147,7 +151,7 @@ def _features(img: Image.Image) -> dict[str, np.ndarray | None]:
     hg = np.bincount(ob[edge], minlength=nb).astype(np.float32)
     hg = hg + hg[::-1]
     f["hog_g"] = np.sqrt(hg / max(1.0, float(hg.sum())))
-    f["edens"] = _mirror_pool(_cells(edge.astype(np.float32), n)).ravel() - float(edge.mean())
+    f["edens"] = _mirror_pool(_cells(edge.astype(np.float32), EDENS_N)).ravel() - float(edge.mean())
     if sketch:
         for k in _LUMA_ONLY_SKETCH + tuple(_CHROMA):
             f[k] = None
@@ -204,7 +208,7 @@ class ClassicEmbedder:
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = dict(WEIGHTS, **(weights or {}))
         self._dims = _dims()
-        self.dim = sum(self._dims.values()) + _UC + _UL
+        self.dim = sum(self._dims.values()) + _UC + _UL + _US
         key = f"{_VERSION}:{_SIDE}:{self.dim}:{sorted(self.weights.items())}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -228,16 +232,17 @@ class ClassicEmbedder:
     def _vector(self, small: Image.Image) -> np.ndarray:
         f = _features(small)
         parts = []
-        unknown = {"c": 0.0, "l": 0.0}
+        unknown = {"c": 0.0, "l": 0.0, "s": 0.0}
         for k in ORDER:
             v = f[k]
             wk = self.weights[k]
             nv = float(np.linalg.norm(v)) if v is not None else 0.0
             if nv < 1e-4:
                 parts.append(np.zeros(self._dims[k], np.float32))
-                # a sketch's unknowns all go to the luminance subspace, so they never meet the colour
-                # unknowns of grey references (the two kinds of still are not alike)
-                unknown["c" if k in _CHROMA and f["lum"] is not None else "l"] += wk * wk
+                # three kinds of unknown, three subspaces, so that they never meet each other: the colour of
+                # a grey still, an empty block of a flat still, everything but the lines of a sketch
+                sketch = f["lum"] is None
+                unknown["s" if sketch else "c" if k in _CHROMA else "l"] += wk * wk
             else:
                 v = np.asarray(v, np.float32).ravel()
                 if k in CENTRE:
@@ -249,8 +254,15 @@ class ClassicEmbedder:
                         v, nv = np.ones_like(v), float(np.sqrt(v.size))
                 parts.append((wk / nv) * v)
         rng = np.random.default_rng(zlib.crc32(small.tobytes()))
-        for grp, dim in (("c", _UC), ("l", _UL)):
-            rv = rng.standard_normal(dim).astype(np.float32)
+        for grp, dim in (("c", _UC), ("l", _UL), ("s", _US)):
+            if grp == "s":
+                # sketches: one pixel-chosen coordinate. Two different sketches share it with probability
+                # 1/_US and are otherwise exactly orthogonal there; a dense random vector gave every
+                # sketch-like reference a +-0.05 random bonus that out-scored the real structure match
+                rv = np.zeros(dim, np.float32)
+                rv[int(rng.integers(0, dim))] = 1.0
+            else:
+                rv = rng.standard_normal(dim).astype(np.float32)
             parts.append((np.sqrt(unknown[grp]) / np.linalg.norm(rv)) * rv)
         return np.concatenate(parts)
 
