@@ -266,6 +266,15 @@ class ClassicEmbedder:
             parts.append((np.sqrt(unknown[grp]) / np.linalg.norm(rv)) * rv)
         return np.concatenate(parts)
 
+    def coverage(self, vectors: np.ndarray) -> np.ndarray:
+        """Share of each (L2-normalised) vector that carries evidence: 1 minus the weight its still could
+        not provide (the spare dimensions). ~0.98 for colour frames, ~0.6 grey, ~0.4 line-art sketches.
+        A scorer can divide a query's similarities by it to compare grey and sketch queries on the scale
+        of colour ones (see docs/BENCHMARKS.md, "What the scorer would need")."""
+        v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        spare = _UC + _UL + _US
+        return np.clip(1.0 - np.einsum("ij,ij->i", v[:, -spare:], v[:, -spare:]), 0.0, 1.0)
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed PIL images (raw, or already passed through `prepare`) into L2-normalised float32 rows."""
         if len(images) == 0:

@@ -1,0 +1,57 @@
+"""Properties of the classic descriptor that the accuracy benchmark relies on (fast, synthetic frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+from matcher.embedders import create_embedder
+
+
+def _scene(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (240, 180), tuple(int(v) for v in rng.integers(40, 220, 3)))
+    d = ImageDraw.Draw(im)
+    for _ in range(5):
+        x, y = int(rng.integers(0, 180)), int(rng.integers(0, 120))
+        w, h = int(rng.integers(30, 90)), int(rng.integers(30, 80))
+        d.ellipse(
+            [x, y, x + w, y + h], fill=tuple(int(v) for v in rng.integers(0, 255, 3)), outline=0, width=3
+        )
+    return im
+
+
+def _sketch(im: Image.Image) -> Image.Image:
+    g = np.asarray(im.convert("L"), dtype=np.float32)
+    mag = np.hypot(np.gradient(g, axis=0), np.gradient(g, axis=1))
+    return Image.fromarray(np.where(mag > 20, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def test_coverage_marks_grey_and_sketch_queries():
+    e = create_embedder("classic")
+    im = _scene(1)
+    v = e.embed([im, ImageOps.grayscale(im).convert("RGB"), _sketch(im)])
+    cov = e.coverage(v)
+    assert cov[0] > 0.95 and 0.4 < cov[1] < 0.8 and cov[2] < 0.5
+
+
+def test_grey_and_sketch_queries_find_their_colour_frame_not_a_grey_reference():
+    e = create_embedder("classic")
+    frames = [_scene(s) for s in range(6)]
+    # references: the colour frames plus grey copies of *other* scenes (grey references must not win)
+    refs = frames + [ImageOps.grayscale(f).convert("RGB") for f in frames[3:]]
+    R = e.embed(refs)
+    for i in range(3):
+        for q in (ImageOps.grayscale(frames[i]).convert("RGB"), _sketch(frames[i])):
+            s = e.embed([q])[0] @ R.T
+            assert int(np.argmax(s)) == i
+
+
+def test_prepared_images_embed_like_raw_ones_and_flip_is_free():
+    e = create_embedder("classic")
+    im = _scene(3)
+    boxed = ImageOps.expand(im, border=(0, 30, 0, 30), fill=(0, 0, 0))
+    v = e.embed([im, e.prepare(im), ImageOps.mirror(im), boxed] + [_scene(s) for s in range(4, 9)])
+    assert np.allclose(v[0], v[1], atol=1e-6)
+    assert float(v[0] @ v[2]) > 0.999
+    assert float(v[3] @ v[0]) > 0.9 and float(v[3] @ v[0]) > max(float(v[3] @ w) for w in v[4:])
