@@ -23,7 +23,7 @@ from matcher import calibration
 from matcher.embedders import Embedder, EmbedderError, create_embedder
 from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
-from matcher.scoring import Calibration, TitleScorer
+from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale
 from matcher.sources import InputError, Still, iter_stills, to_rgb, walk
 from matcher.store import Reference, ReferenceStore, StoreError
 
@@ -211,7 +211,7 @@ class Matcher:
 
     def recalibrate(self) -> Calibration:
         """Refit the scorer on the index's probes and save the index (atomic)."""
-        cal = calibration.fit(self.store, k=self.k)
+        cal = calibration.fit(self.store, k=self.k, coverage=getattr(self.embedder, "coverage", None))
         self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
         self._scorer = None
         return cal
@@ -277,11 +277,12 @@ class Matcher:
 
     def _score(self, vecs: np.ndarray, stills, min_confidence) -> list[MatchResult]:
         sims, ids = self.store.search(vecs, self.k)
+        scaled = rescale(sims, ids, evidence_scale(getattr(self.embedder, "coverage", None), vecs))
         refs = self.store.references(np.unique(ids[ids >= 0]))
         out = []
         for row, still in enumerate(stills):
             titles = np.array([refs[i].title if i in refs else "" for i in ids[row]], dtype=object)
-            ranking = self.scorer.rank(sims[row], titles, ids[row])
+            ranking = self.scorer.rank(scaled[row], titles, ids[row])
             title, conf, cands = self.scorer.score(ranking, threshold=min_confidence)
             out.append(
                 MatchResult(

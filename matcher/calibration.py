@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from matcher.scoring import Calibration, TitleScorer
+from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale
 
 PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to refit
 MAX_FALSE_ATTRIBUTION = 0.02  # the default threshold keeps unknown probes below this rate
@@ -78,14 +78,18 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
     return beta
 
 
-def fit(store, k: int = 64) -> Calibration:
-    """Fit a Calibration from the probes stored in the index."""
+def fit(store, k: int = 64, coverage=None) -> Calibration:
+    """Fit a Calibration from the probes stored in the index.
+
+    ``coverage`` is the embedder's ``coverage(vectors)`` when it has one (see scoring.evidence_scale):
+    probes are scored on the same scale as queries."""
     probes = store.probes
     titles = sorted(store.titles())
     n = len(probes["titles"])
     if n == 0 or len(titles) < 2:
         return Calibration(probes=n)
     qv, qids, qtitles = probes["vectors"], probes["ref_ids"], probes["titles"]
+    scale = evidence_scale(coverage, qv)
 
     # 1. Background stats: each title's best similarity to probes of the other titles.
     cal = Calibration(probes=n)
@@ -94,7 +98,8 @@ def fit(store, k: int = 64) -> Calibration:
         others = qtitles != t
         if not others.any():
             continue
-        sims, _ = store.search(qv[others], 1, only_ids=store.ids_of_title(t))
+        sims, ids = store.search(qv[others], 1, only_ids=store.ids_of_title(t))
+        sims = rescale(sims, ids, scale[others])
         s = sims[:, 0][sims[:, 0] > -1e30]
         if len(s) == 0:
             continue
@@ -111,6 +116,7 @@ def fit(store, k: int = 64) -> Calibration:
         q = qv[i : i + 1]
         for kind, exclude in (("known", np.array([qids[i]])), ("unknown", store.ids_of_title(qtitles[i]))):
             sims, ids = store.search(q, k, exclude_ids=exclude)
+            sims = rescale(sims, ids, scale[i : i + 1])
             r = scorer.rank(sims[0], store.title_array(ids[0]), ids[0])
             if not r.titles:
                 continue

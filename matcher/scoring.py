@@ -66,6 +66,25 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))
 
 
+def evidence_scale(coverage, vectors: np.ndarray) -> np.ndarray:
+    """Per-query factor that puts similarities on the scale of a full-colour query.
+
+    A grey still cannot show colour and a line-art sketch shows only lines, so even its right match
+    is less similar than a colour frame's would be (classic: ~0.6x grey, ~0.4x sketch), and the
+    per-title background statistics, fitted mostly on colour, would rank such queries by noise.
+    Embedders that know how much of a vector carries evidence expose ``coverage(vectors)`` (0..1);
+    similarities are divided by it for scoring (evidence keeps the raw cosine). Others: 1."""
+    n = len(vectors)
+    if coverage is None or n == 0:
+        return np.ones(n, dtype=np.float32)
+    return 1.0 / np.maximum(np.asarray(coverage(vectors), dtype=np.float32), 0.2)
+
+
+def rescale(sims: np.ndarray, ids: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """sims (n, k) times a per-query scale, leaving the missing-neighbour slots (id -1) untouched."""
+    return np.multiply(sims, scale.reshape(-1, 1), out=sims.copy(), where=ids >= 0)
+
+
 @dataclass
 class Ranking:
     """Intermediate result of scoring one query, exposed for calibration and the benchmark."""

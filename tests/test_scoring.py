@@ -67,3 +67,24 @@ def test_single_title_index_falls_back_to_prior(tmp_path):
     cal = Calibration.from_dict(m.store.manifest["calibration"])
     assert cal.fitted is False
     assert m.match(draw_frame("Ice Kingdom", 2)).title == "Ice Kingdom"
+
+
+def test_evidence_scale_only_for_embedders_that_report_coverage():
+    from matcher.scoring import evidence_scale, rescale
+
+    v = np.ones((3, 4), np.float32)
+    assert np.array_equal(evidence_scale(None, v), np.ones(3))
+    scale = evidence_scale(lambda x: np.array([1.0, 0.5, 0.0]), v)
+    assert np.allclose(scale, [1.0, 2.0, 5.0])  # floor: a blank query is not blown up without bound
+    sims = np.array([[0.5, -3.4e38]], np.float32)
+    assert np.array_equal(rescale(sims, np.array([[7, -1]]), np.array([2.0])), [[1.0, -3.4e38]])
+
+
+def test_grey_copy_is_matched_and_evidence_keeps_the_raw_cosine(built_index):
+    from PIL import ImageOps
+
+    m = Matcher.open(built_index)
+    grey = ImageOps.grayscale(draw_frame("Night Patrol", 5)).convert("RGB")  # an indexed still, greyed
+    r = m.match(grey)
+    assert r.candidates[0].title == "Night Patrol"
+    assert all(-1.0 <= e.similarity <= 1.0 for e in r.evidence)
