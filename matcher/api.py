@@ -209,9 +209,22 @@ class Matcher:
             np.concatenate([p["titles"][sel].astype(str), np.array([title] * len(imgs))]),
         )
 
-    def recalibrate(self) -> Calibration:
-        """Refit the scorer on the index's probes and save the index (atomic)."""
-        cal = calibration.fit(self.store, k=self.k, coverage=getattr(self.embedder, "coverage", None))
+    def recalibrate(self, unknown_share: float | None = None) -> Calibration:
+        """Refit the scorer on the index's probes and save the index (atomic).
+
+        ``unknown_share`` is the expected share of inputs from productions that are not in the index
+        (default: the index's current setting, initially 0.5); the confidence is a calibrated
+        probability under that prior. It is kept for later recalibrations."""
+        if unknown_share is None:
+            unknown_share = (self.store.manifest.get("calibration") or {}).get("unknown_share", 0.5)
+        if not 0.0 < unknown_share < 1.0:
+            raise MatcherError(f"unknown share must be between 0 and 1 (exclusive), not {unknown_share}")
+        cal = calibration.fit(
+            self.store,
+            k=self.k,
+            coverage=getattr(self.embedder, "coverage", None),
+            unknown_share=unknown_share,
+        )
         self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
         self._scorer = None
         return cal

@@ -78,7 +78,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
     return beta
 
 
-def fit(store, k: int = 64, coverage=None) -> Calibration:
+def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibration:
     """Fit a Calibration from the probes stored in the index.
 
     ``coverage`` is the embedder's ``coverage(vectors)`` when it has one (see scoring.evidence_scale):
@@ -127,14 +127,15 @@ def fit(store, k: int = 64, coverage=None) -> Calibration:
     if len(np.unique(y)) < 2:
         cal.fitted = False
         return cal
-    # Known and unknown probes weigh the same in total: we do not know a dump's share of unknowns.
-    w = np.where(
-        kinds == "known", 0.5 / max((kinds == "known").sum(), 1), 0.5 / max((kinds == "unknown").sum(), 1)
-    )
+    # The share of unknown material in a dump is not known in advance: by default known and unknown
+    # probes weigh the same in total (0.5); an investigator who knows better sets unknown_share.
+    cal.unknown_share = unknown_share
+    n_known, n_unknown = max((kinds == "known").sum(), 1), max((kinds == "unknown").sum(), 1)
+    w = np.where(kinds == "known", (1 - unknown_share) / n_known, unknown_share / n_unknown)
     beta = _fit_logistic(x, y, w * len(w))
     cal.weights = (float(beta[0]), float(beta[1]), float(beta[2]))
     cal.fitted = True
-    # 3. Threshold: at least 0.5 (more likely right than wrong), raised until at most 5% of the
+    # 3. Threshold: at least 0.5 (more likely right than wrong), raised until at most 2% of the
     #    unknown probes would be attributed to a title.
     p_unknown = cal.probability(x[kinds == "unknown", 0], x[kinds == "unknown", 1])
     q = float(np.quantile(p_unknown, 1 - MAX_FALSE_ATTRIBUTION)) if len(p_unknown) else 0.5

@@ -103,6 +103,7 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         "search": m.get("search", {}),
         "threshold": m.get("threshold"),
         "calibrated": bool((m.get("calibration") or {}).get("fitted")),
+        "unknown_share": (m.get("calibration") or {}).get("unknown_share", 0.5),
         "size_bytes": store.size_on_disk(),
         "format_version": m["format_version"],
     }
@@ -119,10 +120,37 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         + "".join(f"  {k}={v}" for k, v in search.items() if k != "kind")
     )
     thr = info["threshold"]
-    typer.echo(f"threshold  {thr:.3f}" if thr is not None else "threshold  (not calibrated)")
+    share = (m.get("calibration") or {}).get("unknown_share", 0.5)
+    typer.echo(
+        f"threshold  {thr:.3f}  (unknown share {share:.0%})"
+        if thr is not None
+        else "threshold  (not calibrated)"
+    )
     typer.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB, {info['references']} reference stills")
     for title, count in info["titles"].items():
         typer.echo(f"  {count:>8}  {title}")
+
+
+@index_app.command("calibrate")
+def index_calibrate(
+    unknown_share: float = typer.Option(
+        ...,
+        "--unknown-share",
+        min=0.01,
+        max=0.99,
+        help="Expected share of inputs from productions NOT in the index (default at creation: 0.5).",
+    ),
+    index: Path | None = IndexOpt,
+    pretrained: str | None = PretrainedOpt,
+    models_dir: Path | None = ModelsOpt,
+) -> None:
+    """Refit the confidence for the share of unknown material you expect in a dump."""
+    try:
+        m = Matcher.open(index, pretrained=pretrained, models_dir=models_dir)
+        cal = m.recalibrate(unknown_share=unknown_share)
+    except MatcherError as exc:
+        _die(str(exc))
+    typer.echo(f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}")
 
 
 @index_app.command("remove")

@@ -36,6 +36,7 @@ class Calibration:
     threshold: float = 0.5
     fitted: bool = False  # False: too little data (e.g. one title), the prior above is used
     probes: int = 0
+    unknown_share: float = 0.5  # prior share of queries from productions not in the index
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -89,3 +89,25 @@ def test_grey_copy_is_matched_and_evidence_keeps_the_raw_cosine(built_index):
     r = m.match(grey)
     assert r.candidates[0].title == "Night Patrol"
     assert all(-1.0 <= e.similarity <= 1.0 for e in r.evidence)
+
+
+def test_unknown_share_prior_is_kept_and_moves_confidence(tmp_path, built_index):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from matcher.cli import app
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    frame = draw_frame("Ice Kingdom", 4040)
+    before = Matcher.open(copy).match(frame).confidence
+    res = CliRunner().invoke(app, ["index", "calibrate", "--index", str(copy), "--unknown-share", "0.1"])
+    assert res.exit_code == 0, res.output
+    m = Matcher.open(copy)
+    assert m.store.manifest["calibration"]["unknown_share"] == 0.1
+    assert m.match(frame).confidence > before  # fewer expected unknowns: more confidence in a match
+    m.recalibrate()  # a later refit (e.g. after add) keeps the investigator's prior
+    assert Matcher.open(copy).store.manifest["calibration"]["unknown_share"] == 0.1
+    bad = CliRunner().invoke(app, ["index", "calibrate", "--index", str(copy), "--unknown-share", "1.5"])
+    assert bad.exit_code != 0
