@@ -188,25 +188,28 @@ class Matcher:
                 flush()
         flush()
         if added:
-            self._add_probes(title, probe_images, rng)
+            self._add_probes(title, probe_images, added, rng)
             self.recalibrate()
         return added
 
-    def _add_probes(self, title: str, probe_images, rng) -> None:
-        imgs = [calibration.make_probe(im, rng) for im, _ in probe_images]
-        vecs = self.embedder.embed(imgs)
+    def _add_probes(self, title: str, probe_images, added: int, rng) -> None:
+        """Keep PROBES_PER_TITLE probes per title: a title with few stills gets several altered
+        copies of each (stable statistics for small titles); an append replaces old probes in
+        proportion to the stills it adds."""
         p = self.store.probes
-        keep_old = p["titles"] == title
-        old_n = int(keep_old.sum())
-        # Keep at most PROBES_PER_TITLE per title, mixing old and new in proportion.
-        room_old = max(0, calibration.PROBES_PER_TITLE - len(imgs)) if old_n else 0
-        old_idx = np.flatnonzero(keep_old)[:room_old]
-        others = np.flatnonzero(~keep_old)
-        sel = np.concatenate([others, old_idx])
+        mine = np.flatnonzero(p["titles"] == title)
+        total = self.store.titles().get(title, added)
+        n_new = calibration.PROBES_PER_TITLE
+        if len(mine):
+            n_new = max(1, round(calibration.PROBES_PER_TITLE * added / max(total, 1)))
+        sources = [probe_images[j % len(probe_images)] for j in range(n_new)]
+        vecs = self.embedder.embed([calibration.make_probe(im, rng) for im, _ in sources])
+        keep_mine = rng.permutation(mine)[: max(0, calibration.PROBES_PER_TITLE - n_new)]
+        sel = np.concatenate([np.flatnonzero(p["titles"] != title), np.sort(keep_mine)]).astype(int)
         self.store.set_probes(
             np.concatenate([p["vectors"][sel], vecs]),
-            np.concatenate([p["ref_ids"][sel], [rid for _, rid in probe_images]]),
-            np.concatenate([p["titles"][sel].astype(str), np.array([title] * len(imgs))]),
+            np.concatenate([p["ref_ids"][sel], [rid for _, rid in sources]]),
+            np.concatenate([p["titles"][sel].astype(str), np.array([title] * n_new)]),
         )
 
     def recalibrate(self, unknown_share: float | None = None) -> Calibration:

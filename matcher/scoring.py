@@ -139,16 +139,15 @@ class TitleScorer:
         if not ranking.titles:
             return None, 0.0, []
         candidates = []
-        top_s = ranking.best[ranking.titles[0]][0]
-        runner_up = top_s - ranking.margin * cal.global_sigma
-        for j, t in enumerate(ranking.titles[:max_candidates]):
-            # Each candidate's margin is measured against the best of the others (for non-top
-            # candidates: the top title), so only the top can have a positive margin.
-            rival = runner_up if j == 0 else top_s
-            margin = (ranking.best[t][0] - rival) / cal.global_sigma
-            p = float(cal.probability(ranking.z[j], margin))
-            candidates.append(TitleScore(t, p))
-        confidence = candidates[0].score
+        confidence = float(cal.probability(ranking.z_top, ranking.margin))
+        candidates.append(TitleScore(ranking.titles[0], confidence))
+        # The other candidates share what the top one leaves (1 - confidence) with "none of them"
+        # (weight of z = 0, the background level) in proportion to exp(z), capped at the top's
+        # score: candidate scores read as probabilities, add up to at most 1 and keep the ranking.
+        rest = np.exp(np.clip(ranking.z[1:max_candidates], -30, 30))
+        if len(rest):
+            w = np.minimum(rest / (rest.sum() + 1.0) * (1.0 - confidence), confidence)
+            candidates += [TitleScore(t, float(s)) for t, s in zip(ranking.titles[1:max_candidates], w)]
         title = ranking.titles[0] if confidence >= threshold else None
         return title, confidence, candidates
 
