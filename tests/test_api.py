@@ -29,6 +29,7 @@ def test_candidates_are_ranked_and_scores_are_probabilities(built_index):
     assert scores == sorted(scores, reverse=True)
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert r.confidence == scores[0]
+    assert sum(scores) <= 1.0 + 1e-6
 
 
 def test_unrelated_image_is_unknown(built_index):
