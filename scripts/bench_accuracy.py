@@ -163,6 +163,11 @@ def summarise(queries: list[dict], recs: list[dict], transforms: list[str]) -> d
         row["decision"] = M.top1([queries[i]["truth"] for i in known], [recs[i]["decision"] for i in known])
         row["false_attr"] = float(np.mean([recs[i]["decision"] is not None for i in dis])) if dis else np.nan
         row["auroc"] = M.auroc([recs[i]["confidence"] for i in known], [recs[i]["confidence"] for i in dis])
+        for role in ("seen", "unseen"):
+            ii = [i for i in known if queries[i]["role"] == role]
+            row["auroc_" + role] = M.auroc(
+                [recs[i]["confidence"] for i in ii], [recs[i]["confidence"] for i in dis]
+            )
         conf = [recs[i]["confidence"] for i in sel]
         ok = [recs[i]["top1"] == queries[i]["truth"] for i in sel]
         row["ece"] = M.ece(conf, ok)
@@ -286,6 +291,10 @@ def main() -> None:
     ):
         parts.append(table_compare(results, key, label))
     parts.append(table_compare(results, "auroc", "open-set AUROC", fmt=lambda v: f"{v:.3f}"))
+    parts.append(table_compare(results, "auroc_seen", "AUROC, seen vs distractors", fmt=lambda v: f"{v:.3f}"))
+    parts.append(
+        table_compare(results, "auroc_unseen", "AUROC, unseen vs distractors", fmt=lambda v: f"{v:.3f}")
+    )
     parts.append(table_compare(results, "ece", "ECE (15 bins)", fmt=lambda v: f"{v:.3f}"))
     parts.append(
         table_compare(results, "ece_bal", "ECE, known:distractor weighted 1:1", fmt=lambda v: f"{v:.3f}")
