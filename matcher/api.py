@@ -24,7 +24,7 @@ from matcher.embedders import Embedder, EmbedderError, create_embedder
 from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
 from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale
-from matcher.sources import InputError, Still, iter_stills, to_rgb, walk
+from matcher.sources import Still
 from matcher.store import Reference, ReferenceStore, StoreError
 
 DEFAULT_INDEX = "index"
@@ -161,7 +161,12 @@ class Matcher:
                 return
             vecs = np.stack([e.vector for e in batch])
             batch[:] = [e.still for e in batch]  # still.image: a copy <= 512 px, for probes
-            refs = [Reference(title, _source(s.path), s.sha256, s.timestamp, episode) for s in batch]
+            refs = [
+                Reference(
+                    title, _source(s.path), s.sha256, s.timestamp, episode, timestamp_end=s.timestamp_end
+                )
+                for s in batch
+            ]
             ids = self.store.add(vecs, refs)
             for s, rid in zip(batch, ids):
                 seen_for_probes += 1
@@ -180,8 +185,9 @@ class Matcher:
             items, self.embedder, every=every, distinct=True, names=names, keep_images=True
         ):
             if e.error is not None:
-                for _ in self._fail(e.error, on_error, False):
-                    pass
+                if on_error is None:
+                    raise e.error
+                on_error(e.error)
                 continue
             batch.append(e)
             if len(batch) >= BATCH:
@@ -285,12 +291,6 @@ class Matcher:
         """Score already-embedded queries (for pipelines that embed elsewhere)."""
         return self._score(vectors, [None] * len(vectors), min_confidence)
 
-    def _match_batch(self, stills: list[Still], min_confidence) -> list[MatchResult]:
-        if not stills:
-            return []
-        vecs = self.embedder.embed([s.image for s in stills])
-        return self._score(vecs, stills, min_confidence)
-
     def _score(self, vecs: np.ndarray, stills, min_confidence) -> list[MatchResult]:
         sims, ids = self.store.search(vecs, self.k)
         scaled = rescale(sims, ids, evidence_scale(getattr(self.embedder, "coverage", None), vecs))
@@ -312,36 +312,6 @@ class Matcher:
                 )
             )
         return out
-
-    # ------------------------------------------------------------------ inputs
-    def _stills(self, items, every: float, names=None, on_error=None, errors_as_results=False):
-        for n, item in enumerate(items):
-            if isinstance(item, Image.Image):
-                label = names[n] if names is not None else f"<image {n}>"
-                try:
-                    yield Still(to_rgb(item, label), label, None)
-                except InputError as exc:
-                    yield from self._fail(exc, on_error, errors_as_results)
-                continue
-            try:
-                files = list(walk([item]))
-            except InputError as exc:
-                yield from self._fail(exc, on_error, errors_as_results)
-                continue
-            for path in files:
-                try:
-                    yield from iter_stills(path, every=every)
-                except InputError as exc:
-                    yield from self._fail(exc, on_error, errors_as_results)
-
-    @staticmethod
-    def _fail(exc: InputError, on_error, as_result: bool):
-        if as_result:
-            yield MatchResult.failed(exc.path, exc.reason)
-        elif on_error is not None:
-            on_error(exc)
-        else:
-            raise exc
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:

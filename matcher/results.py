@@ -17,6 +17,7 @@ class Evidence:
     similarity: float  # cosine similarity between the query and this still (-1..1)
     timestamp: float | None = None  # seconds into the reference video, None for still images
     episode: str | None = None
+    timestamp_end: float | None = None  # the still stands for [timestamp, timestamp_end] of the video
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class MatchResult:
                     "timestamp": e.timestamp,
                 }
                 | ({"episode": e.episode} if e.episode is not None else {})
+                | ({"timestamp_end": e.timestamp_end} if e.timestamp_end is not None else {})
                 for e in self.evidence
             ],
             "error": self.error,

@@ -162,7 +162,9 @@ class TitleScorer:
             if ref is None or ref.title not in counts or counts[ref.title] >= per_title:
                 continue
             counts[ref.title] += 1
-            out.append(Evidence(ref.title, ref.source, float(s), ref.timestamp, ref.episode))
+            out.append(
+                Evidence(ref.title, ref.source, float(s), ref.timestamp, ref.episode, ref.timestamp_end)
+            )
         order = {t: n for n, t in enumerate(wanted)}
         out.sort(key=lambda e: (order[e.title], -e.similarity))
         return out

@@ -15,6 +15,7 @@ next open). No pickle anywhere: an index may travel between investigators.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -46,6 +47,9 @@ class Reference:
     timestamp: float | None = None
     episode: str | None = None
     id: int | None = None
+    timestamp_end: float | None = (
+        None  # a video still stands for [timestamp, timestamp_end] (duplicates dropped)
+    )
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -78,6 +82,7 @@ CREATE TABLE IF NOT EXISTS refs (
     source TEXT NOT NULL,
     sha256 TEXT,
     timestamp REAL,
+    timestamp_end REAL,
     added_gen INTEGER NOT NULL,
     removed_gen INTEGER
 );
@@ -188,6 +193,12 @@ class ReferenceStore:
     def _connect(root: Path) -> sqlite3.Connection:
         db = sqlite3.connect(root / DATABASE)
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(refs)")}
+        if "timestamp_end" not in columns:  # indexes written before the time range was kept
+            try:
+                db.execute("ALTER TABLE refs ADD COLUMN timestamp_end REAL")
+            except sqlite3.OperationalError:
+                pass  # read-only: the column reads as missing (None) below
         return db
 
     def _recover(self) -> None:
@@ -209,6 +220,11 @@ class ReferenceStore:
                     pass
 
     # ---------------------------------------------------------------- reading
+    @functools.cached_property
+    def _end_column(self) -> str:
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(refs)")}
+        return "timestamp_end" if "timestamp_end" in columns else "NULL"
+
     @property
     def dim(self) -> int:
         return int(self.manifest["dim"])
@@ -239,10 +255,18 @@ class ReferenceStore:
             chunk = ids[start : start + 900]
             marks = ",".join("?" * len(chunk))
             for row in self.db.execute(
-                f"SELECT id, title, episode, source, sha256, timestamp FROM refs WHERE id IN ({marks})", chunk
+                f"SELECT id, title, episode, source, sha256, timestamp, {self._end_column} FROM refs"
+                f" WHERE id IN ({marks})",
+                chunk,
             ):
                 out[row[0]] = Reference(
-                    title=row[1], episode=row[2], source=row[3], sha256=row[4], timestamp=row[5], id=row[0]
+                    title=row[1],
+                    episode=row[2],
+                    source=row[3],
+                    sha256=row[4],
+                    timestamp=row[5],
+                    id=row[0],
+                    timestamp_end=row[6],
                 )
         return out
 
@@ -298,9 +322,9 @@ class ReferenceStore:
         with self.db:
             ids = [
                 self.db.execute(
-                    "INSERT INTO refs (title, episode, source, sha256, timestamp, added_gen)"
-                    " VALUES (?,?,?,?,?,?)",
-                    (r.title, r.episode, r.source, r.sha256, r.timestamp, gen),
+                    "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (r.title, r.episode, r.source, r.sha256, r.timestamp, r.timestamp_end, gen),
                 ).lastrowid
                 for r in refs
             ]

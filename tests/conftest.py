@@ -44,8 +44,10 @@ def write_frames(directory, style: str, seeds) -> list:
     return paths
 
 
-def write_video(path, style: str, seconds: float = 3.0, fps: int = 10, size=(160, 120)) -> None:
-    """A small MPEG-4 video: a new shot every second, so each sampled still differs."""
+def write_video(
+    path, style: str, seconds: float = 3.0, fps: int = 10, size=(160, 120), shot: float = 1.0
+) -> None:
+    """A small MPEG-4 video: a new shot every ``shot`` seconds (default: each 1 s still differs)."""
     import av
 
     with av.open(str(path), "w") as out:
@@ -53,7 +55,7 @@ def write_video(path, style: str, seconds: float = 3.0, fps: int = 10, size=(160
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         for i in range(int(seconds * fps)):
-            frame = np.asarray(draw_frame(style, 1000 + i // fps, size=size))
+            frame = np.asarray(draw_frame(style, 1000 + int(i / fps / shot), size=size))
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():

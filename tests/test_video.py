@@ -45,3 +45,16 @@ def test_truncated_video_is_an_error_not_a_crash(tmp_path, video, built_index):
     results = list(Matcher.open(built_index).match_many([bad]))
     assert len(results) == 1 and results[0].path == str(bad)
     assert results[0].error.startswith("not a readable video")
+
+
+def test_a_held_shot_is_one_reference_covering_its_time_range(tmp_path, library):
+    video = tmp_path / "static.mkv"
+    write_video(video, "Ice Kingdom", seconds=4.0, shot=2.0)  # two shots of 2 s each
+    m = Matcher.create(tmp_path / "idx")
+    assert m.add([video], title="Ice Kingdom", every=1.0) == 2  # near-identical stills dropped
+    m.add(library["Sunny Farm"][:10], title="Sunny Farm")
+    r = m.match(draw_frame("Ice Kingdom", 1001, size=(160, 120)))  # the second shot
+    best = r.evidence[0]
+    assert best.timestamp == pytest.approx(2.0, abs=0.11)
+    assert 3.0 <= best.timestamp_end < 4.0  # the shot is still showing until the video ends
+    assert r.to_dict()["evidence"][0]["timestamp_end"] == best.timestamp_end
