@@ -111,18 +111,30 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     scorer = TitleScorer(cal, titles, k=k)
 
     # 2. Features of known and unknown pseudo-queries.
+    # Batched: known = one search with k+1 neighbours, each probe's own still dropped (the same
+    # top k as excluding it); unknown = one search per title with that title excluded.
     feats, labels, kinds = [], [], []
-    for i in range(n):
-        q = qv[i : i + 1]
-        for kind, exclude in (("known", np.array([qids[i]])), ("unknown", store.ids_of_title(qtitles[i]))):
-            sims, ids = store.search(q, k, exclude_ids=exclude)
-            sims = rescale(sims, ids, scale[i : i + 1])
-            r = scorer.rank(sims[0], store.title_array(ids[0]), ids[0])
+
+    def add(rows, sims, ids, kind):
+        sims = rescale(sims, ids, scale[rows])
+        titles = store.title_array(ids)
+        for j, i in enumerate(rows):
+            r = scorer.rank(sims[j], titles[j], ids[j])
             if not r.titles:
                 continue
             feats.append((r.z_top, r.margin))
             labels.append(1.0 if (kind == "known" and r.titles[0] == qtitles[i]) else 0.0)
             kinds.append(kind)
+
+    sims, ids = store.search(qv, k + 1)
+    own = ids == qids[:, None]
+    keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # drop the own still, keep the order
+    add(np.arange(n), np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), "known")
+    for t in titles:
+        rows = np.flatnonzero(qtitles == t)
+        if len(rows):
+            sims, ids = store.search(qv[rows], k, exclude_ids=store.ids_of_title(t))
+            add(rows, sims, ids, "unknown")
     x, y, kinds = np.array(feats), np.array(labels), np.array(kinds)
     if len(np.unique(y)) < 2:
         cal.fitted = False
