@@ -209,8 +209,13 @@ def table_compare(results: dict[str, dict[str, dict]], key: str, label: str, fmt
         for n, v in zip(names, vals, strict=True):
             s = fmt(v)
             others = [w for m, w in zip(names, vals, strict=True) if m != n]
-            better = (v < min(others)) if key in ("false_attr", "ece", "ece_bal") else (v > max(others))
-            cells.append(f"**{s}**" if others and better else s)
+            if not others:
+                better = False
+            elif key in ("false_attr", "ece", "ece_bal"):
+                better = v < min(others)
+            else:
+                better = v > max(others)
+            cells.append(f"**{s}**" if better else s)
         out.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
