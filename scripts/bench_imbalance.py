@@ -32,7 +32,7 @@ import fetch_data  # noqa: E402
 from bench_transforms import TRANSFORMS  # noqa: E402
 
 from matcher import Matcher  # noqa: E402
-from matcher.scoring import Calibration, TitleScorer  # noqa: E402
+from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale  # noqa: E402
 
 
 def main() -> None:
@@ -48,6 +48,8 @@ def main() -> None:
             m.add([r["image"] for r in rs], title=title, names=[r["source"] for r in rs])
         vecs = m.embedder.embed([q["image"] for q in queries])
         sims, ids = m.store.search(vecs, m.k)
+        # the similarities Matcher scores with (grey / sketch queries rescaled, see scoring.py)
+        sims = rescale(sims, ids, evidence_scale(getattr(m.embedder, "coverage", None), vecs))
         titles = m.store.title_array(ids)
         counts = m.store.titles()
         raw = Calibration.from_dict(m.scorer.calibration.to_dict())
