@@ -64,7 +64,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
     """Weighted logistic regression by Newton steps, weights of the features kept >= 0 (monotone)."""
     X = np.column_stack([x, np.ones(len(x))])
     beta = np.array([1.0, 1.0, 0.0])
-    ridge = 1e-3 * np.eye(3)
+    ridge = 1.0 * np.eye(3)  # a prior that keeps a small index's fit from turning into a step
     ridge[2, 2] = 0.0
     for _ in range(iters):
         p = 1 / (1 + np.exp(-np.clip(X @ beta, -40, 40)))
