@@ -234,34 +234,10 @@ def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
 
 def iter_video_stills(path: str | os.PathLike, every: float = 1.0) -> Iterator[tuple[float, Image.Image]]:
     """Decode one still every ``every`` seconds: yields (timestamp_seconds, RGB image)."""
-    import av  # imported here: startup of `match cel.png` must not pay for ffmpeg
+    from matcher.video import sample_video  # imported here: `match cel.png` must not pay for ffmpeg
 
-    if every <= 0:
-        raise ValueError("every must be > 0")
-    try:
-        container = av.open(str(path))
-    except Exception as exc:
-        raise InputError(path, f"not a readable video ({type(exc).__name__}: {exc})") from None
-    with container:
-        if not container.streams.video:
-            raise InputError(path, "container has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
-        if w * h > MAX_PIXELS:
-            raise InputError(path, f"refused: {w}x{h} video frames exceed the {MAX_PIXELS} pixel limit")
-        next_t = 0.0
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None or frame.time_base is None:
-                    continue
-                t = float(frame.pts * frame.time_base)
-                if t + 1e-6 < next_t:
-                    continue
-                yield round(t, 3), frame.to_image().convert("RGB")
-                next_t = t + every
-        except av.error.FFmpegError as exc:
-            raise InputError(path, f"video decoding failed ({exc})") from None
+    for vs in sample_video(path, every, scenes=False, dedupe=False):
+        yield vs.start, vs.image
 
 
 def iter_stills(
