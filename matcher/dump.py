@@ -702,11 +702,17 @@ class DumpRun:
             self.csvw.write(rec)
 
     def _file_record(self, st: _FileState, **fields) -> dict:
+        size = st.size if st.size is not None else st.entry.size
+        return self._record(st, rpt.FILE, size, **fields)
+
+    @staticmethod
+    def _record(st: _FileState, record: str | None, size, **fields) -> dict:
+        """One report line with every field present (file verdicts and video stills / frames alike)."""
         rec = {
-            "record": rpt.FILE,
+            "record": record,
             "path": st.entry.rel,
             "sha256": st.sha256,
-            "size": st.size if st.size is not None else st.entry.size,
+            "size": size,
             "kind": st.kind,
             "status": None,
             "reason": None,
@@ -992,28 +998,8 @@ class DumpRun:
         self._maybe_finalize(st)
 
     def _part_record(self, st: _FileState, meta: dict, **fields) -> dict:
-        rec = {
-            "record": meta.get("record"),
-            "path": st.entry.rel,
-            "sha256": st.sha256,
-            "size": st.size,
-            "kind": st.kind,
-            "status": None,
-            "reason": None,
-            "title": None,
-            "confidence": 0.0,
-            "candidates": [],
-            "evidence": [],
-            "error": None,
-        }
-        if "timestamp" in meta:
-            rec["timestamp"] = meta["timestamp"]
-        if "frame" in meta:
-            rec["frame"] = meta["frame"]
-        rec.update(fields)
-        if rec["status"] == "error":
-            rec["error"] = rec["reason"]
-        return rec
+        where = {k: meta[k] for k in ("timestamp", "frame") if k in meta}
+        return self._record(st, meta.get("record"), st.size, **{**where, **fields})
 
     def _flush(self) -> None:
         if not self.queue:
