@@ -250,7 +250,7 @@ class Matcher:
     def scorer(self) -> TitleScorer:
         if self._scorer is None:
             cal = Calibration.from_dict(self.store.manifest.get("calibration"))
-            self._scorer = TitleScorer(cal, list(self.store.titles()), k=self.k)
+            self._scorer = TitleScorer(cal, list(self.store.titles()))
         return self._scorer
 
     def match(
@@ -315,23 +315,8 @@ class Matcher:
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
-        m = self.store.manifest
-        cal = m.get("calibration") or {}
-        return {
-            "index": str(self.store.root),
-            "model": m["embedder"]["spec"],
-            "pretrained": m["embedder"].get("pretrained"),
-            "fingerprint": m["embedder"]["fingerprint"],
-            "dim": m["dim"],
-            "references": self.store.count,
-            "titles": self.store.titles(),
-            "search": m.get("search", {}),
-            "threshold": m.get("threshold"),
-            "calibrated": bool(cal.get("fitted")),
-            "size_bytes": self.store.size_on_disk(),
-            "format_version": m["format_version"],
-            "generation": m["generation"],
-        }
+        """What `matcher index info` shows (see ReferenceStore.info)."""
+        return self.store.info()
 
     def close(self) -> None:
         self.store.close()

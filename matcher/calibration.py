@@ -90,6 +90,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
         return Calibration(probes=n)
     qv, qids, qtitles = probes["vectors"], probes["ref_ids"], probes["titles"]
     scale = evidence_scale(coverage, qv)
+    title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used twice below
 
     # 1. Background stats: each title's best similarity to probes of the other titles.
     cal = Calibration(probes=n)
@@ -98,7 +99,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
         others = qtitles != t
         if not others.any():
             continue
-        sims, ids = store.search(qv[others], 1, only_ids=store.ids_of_title(t))
+        sims, ids = store.search(qv[others], 1, only_ids=title_ids[t])
         sims = rescale(sims, ids, scale[others])
         s = sims[:, 0][sims[:, 0] > -1e30]
         if len(s) == 0:
@@ -108,7 +109,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     if pooled:
         allv = np.concatenate(pooled)
         cal.global_mu, cal.global_sigma = float(allv.mean()), float(max(allv.std(), 1e-3))
-    scorer = TitleScorer(cal, titles, k=k)
+    scorer = TitleScorer(cal, titles)
 
     # 2. Features of known and unknown pseudo-queries.
     # Batched: known = one search with k+1 neighbours, each probe's own still dropped (the same
@@ -133,7 +134,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     for t in titles:
         rows = np.flatnonzero(qtitles == t)
         if len(rows):
-            sims, ids = store.search(qv[rows], k, exclude_ids=store.ids_of_title(t))
+            sims, ids = store.search(qv[rows], k, exclude_ids=title_ids[t])
             add(rows, sims, ids, "unknown")
     x, y, kinds = np.array(feats), np.array(labels), np.array(kinds)
     if len(np.unique(y)) < 2:

@@ -91,22 +91,7 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         store = ReferenceStore.open(default_index_dir(index))
     except StoreError as exc:
         _die(str(exc))
-    m = store.manifest
-    info = {
-        "index": str(store.root),
-        "model": m["embedder"]["spec"],
-        "pretrained": m["embedder"].get("pretrained"),
-        "fingerprint": m["embedder"]["fingerprint"],
-        "dim": m["dim"],
-        "references": store.count,
-        "titles": store.titles(),
-        "search": m.get("search", {}),
-        "threshold": m.get("threshold"),
-        "calibrated": bool((m.get("calibration") or {}).get("fitted")),
-        "unknown_share": (m.get("calibration") or {}).get("unknown_share", 0.5),
-        "size_bytes": store.size_on_disk(),
-        "format_version": m["format_version"],
-    }
+    info = store.info()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -120,7 +105,7 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         + "".join(f"  {k}={v}" for k, v in search.items() if k != "kind")
     )
     thr = info["threshold"]
-    share = (m.get("calibration") or {}).get("unknown_share", 0.5)
+    share = info["unknown_share"]
     typer.echo(
         f"threshold  {thr:.3f}  (unknown share {share:.0%})"
         if thr is not None

@@ -100,10 +100,9 @@ class Ranking:
 class TitleScorer:
     """Turns one query's neighbour list into ranked titles with calibrated confidence."""
 
-    def __init__(self, calibration: Calibration, all_titles: list[str], k: int = 64):
+    def __init__(self, calibration: Calibration, all_titles: list[str]):
         self.calibration = calibration
         self.all_titles = list(all_titles)
-        self.k = k
 
     def rank(self, sims: np.ndarray, titles: np.ndarray, ids: np.ndarray) -> Ranking:
         best: dict[str, tuple[float, int]] = {}

@@ -100,6 +100,7 @@ class ReferenceStore:
         self.db = db
         self.probes = probes  # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str}
         self._dirty = False
+        self._mapped = False  # True while the index is a read-only memory map of its file
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
@@ -185,7 +186,7 @@ class ReferenceStore:
 
     def _writable(self) -> None:
         """Load a memory-mapped index into memory so that it can be changed."""
-        if getattr(self, "_mapped", False):
+        if self._mapped:
             self.index = ann.read_index(self.root / self.manifest["vectors"], mmap=False)
             self._mapped = False
 
@@ -277,7 +278,7 @@ class ReferenceStore:
         return np.array([refs[i].title if i in refs else "" for i in flat], dtype=object).reshape(ids.shape)
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors for the given ids (used for calibration statistics)."""
+        """Stored vectors for the given ids."""
         return ann.reconstruct(self.index, ids)
 
     def search(
@@ -394,6 +395,28 @@ class ReferenceStore:
         self.manifest = manifest
         self._dirty = False
         self._recover()  # the new generation is committed: purge rows/files the old one needed
+
+    def info(self) -> dict:
+        """Titles, counts, model, search kind, calibration and size: what `index info` shows.
+        Needs no model load, so it works where the weights are not available."""
+        m = self.manifest
+        cal = m.get("calibration") or {}
+        return {
+            "index": str(self.root),
+            "model": m["embedder"]["spec"],
+            "pretrained": m["embedder"].get("pretrained"),
+            "fingerprint": m["embedder"]["fingerprint"],
+            "dim": m["dim"],
+            "references": self.count,
+            "titles": self.titles(),
+            "search": m.get("search", {}),
+            "threshold": m.get("threshold"),
+            "calibrated": bool(cal.get("fitted")),
+            "unknown_share": cal.get("unknown_share", 0.5),
+            "size_bytes": self.size_on_disk(),
+            "format_version": m["format_version"],
+            "generation": m["generation"],
+        }
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
