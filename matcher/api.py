@@ -199,23 +199,30 @@ class Matcher:
         return added
 
     def _add_probes(self, title: str, probe_images, added: int, rng) -> None:
-        """Keep PROBES_PER_TITLE probes per title: a title with few stills gets several altered
-        copies of each (stable statistics for small titles); an append replaces old probes in
-        proportion to the stills it adds."""
+        """Keep a fixed number of probes per title and kind: altered copies (PROBES_PER_TITLE) and,
+        for embedders that report coverage, line-art sketches (SKETCH_PROBES_PER_TITLE). A title with
+        few stills gets several probes of each (stable statistics for small titles); an append
+        replaces old probes in proportion to the stills it adds."""
+        kinds = [("altered", calibration.PROBES_PER_TITLE, calibration.make_probe)]
+        if getattr(self.embedder, "coverage", None) is not None:
+            kinds.append(("sketch", calibration.SKETCH_PROBES_PER_TITLE, calibration.make_sketch))
         p = self.store.probes
-        mine = np.flatnonzero(p["titles"] == title)
         total = self.store.titles().get(title, added)
-        n_new = calibration.PROBES_PER_TITLE
-        if len(mine):
-            n_new = max(1, round(calibration.PROBES_PER_TITLE * added / max(total, 1)))
-        sources = [probe_images[j % len(probe_images)] for j in range(n_new)]
-        vecs = self.embedder.embed([calibration.make_probe(im, rng) for im, _ in sources])
-        keep_mine = rng.permutation(mine)[: max(0, calibration.PROBES_PER_TITLE - n_new)]
-        sel = np.concatenate([np.flatnonzero(p["titles"] != title), np.sort(keep_mine)]).astype(int)
+        keep = p["titles"] != title  # other titles' probes stay as they are
+        new_vecs, new_ids, new_kinds = [], [], []
+        for kind, quota, make in kinds:
+            mine = np.flatnonzero((p["titles"] == title) & (p["kinds"] == kind))
+            n_new = quota if not len(mine) else max(1, round(quota * added / max(total, 1)))
+            keep[rng.permutation(mine)[: max(0, quota - n_new)]] = True
+            sources = [probe_images[j % len(probe_images)] for j in range(n_new)]
+            new_vecs.append(self.embedder.embed([make(im, rng) for im, _ in sources]))
+            new_ids += [rid for _, rid in sources]
+            new_kinds += [kind] * n_new
         self.store.set_probes(
-            np.concatenate([p["vectors"][sel], vecs]),
-            np.concatenate([p["ref_ids"][sel], [rid for _, rid in sources]]),
-            np.concatenate([p["titles"][sel].astype(str), np.array([title] * n_new)]),
+            np.concatenate([p["vectors"][keep], *new_vecs]),
+            np.concatenate([p["ref_ids"][keep], new_ids]).astype(np.int64),
+            np.concatenate([p["titles"][keep].astype(str), np.array([title] * len(new_ids))]),
+            np.concatenate([p["kinds"][keep].astype(str), np.array(new_kinds)]),
         )
 
     def recalibrate(self, unknown_share: float | None = None) -> Calibration:
@@ -293,12 +300,14 @@ class Matcher:
 
     def _score(self, vecs: np.ndarray, stills, min_confidence) -> list[MatchResult]:
         sims, ids = self.store.search(vecs, self.k)
-        scaled = rescale(sims, ids, evidence_scale(getattr(self.embedder, "coverage", None), vecs))
+        coverage = getattr(self.embedder, "coverage", None)
+        evidence = coverage(vecs) if coverage is not None else np.ones(len(vecs), dtype=np.float32)
+        scaled = rescale(sims, ids, evidence_scale(coverage, vecs))
         refs = self.store.references(np.unique(ids[ids >= 0]))
         out = []
         for row, still in enumerate(stills):
             titles = np.array([refs[i].title if i in refs else "" for i in ids[row]], dtype=object)
-            ranking = self.scorer.rank(scaled[row], titles, ids[row])
+            ranking = self.scorer.rank(scaled[row], titles, ids[row], coverage=float(evidence[row]))
             title, conf, cands = self.scorer.score(ranking, threshold=min_confidence)
             out.append(
                 MatchResult(

@@ -17,9 +17,19 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale
+from matcher.scoring import (
+    SKETCH_COVERAGE,
+    Calibration,
+    TitleScorer,
+    evidence_scale,
+    is_sketch,
+    rescale,
+)
 
 PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to refit
+SKETCH_PROBES_PER_TITLE = (
+    16  # line-art probes per title (embedders that report coverage); 8..48 measured alike
+)
 MAX_FALSE_ATTRIBUTION = 0.02  # the default threshold keeps unknown probes below this rate
 
 
@@ -53,6 +63,19 @@ AUGMENTATIONS: list[Callable[[Image.Image, np.random.Generator], Image.Image]] =
 ]
 
 
+def make_sketch(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A line-art probe: the still's lines inked dark on white paper (difference of Gaussians), the way
+    an in-between drawing or a pencil test of the frame looks. No colour, no shading."""
+    grey = ImageOps.grayscale(image)
+    r = max(1.0, min(image.size) / 200)
+    fine = np.asarray(grey.filter(ImageFilter.GaussianBlur(r)), np.float32)
+    coarse = np.asarray(grey.filter(ImageFilter.GaussianBlur(1.6 * r)), np.float32)
+    response = np.abs(coarse - fine)
+    ink = response > max(2.0, float(np.percentile(response, rng.uniform(80, 92))))
+    paper = np.where(ink, int(rng.integers(0, 90)), 255).astype(np.uint8)
+    return Image.fromarray(paper, "L").convert("RGB")
+
+
 def make_probe(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """One altered copy of a reference still: two random alterations from AUGMENTATIONS."""
     for j in rng.choice(len(AUGMENTATIONS), size=2, replace=False):
@@ -71,6 +94,9 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
         grad = X.T @ (w * (p - y)) + ridge @ beta
         hess = (X * (w * p * (1 - p))[:, None]).T @ X + ridge + 1e-9 * np.eye(3)
         step = np.linalg.solve(hess, grad)
+        big = np.abs(step).max()
+        if big > 1.0:  # damped: on nearly separable probes a full Newton step overshoots and diverges
+            step = step / big
         beta = beta - step
         beta[:2] = np.maximum(beta[:2], 0.0)
         if np.abs(step).max() < 1e-7:
@@ -82,18 +108,41 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     """Fit a Calibration from the probes stored in the index.
 
     ``coverage`` is the embedder's ``coverage(vectors)`` when it has one (see scoring.evidence_scale):
-    probes are scored on the same scale as queries."""
+    probes are scored on the same scale as queries; sketch probes (scoring.is_sketch) fit the sketch
+    parameters and near-blank probes none. Mixed in, a few near-blank probes scaled up 5x used to
+    inflate a title's background spread (measured: seen grey top-1 85.8% -> 94.1% once left out)."""
     probes = store.probes
     titles = sorted(store.titles())
     n = len(probes["titles"])
     if n == 0 or len(titles) < 2:
         return Calibration(probes=n)
-    qv, qids, qtitles = probes["vectors"], probes["ref_ids"], probes["titles"]
+    qv = probes["vectors"]
     scale = evidence_scale(coverage, qv)
-    title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used twice below
+    cov = np.asarray(coverage(qv)) if coverage is not None else np.ones(n, dtype=np.float32)
+    sketch = is_sketch(cov)
+    main = cov >= SKETCH_COVERAGE[1]
+    title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used by both bands
+    cal = _fit_band(store, np.flatnonzero(main), titles, title_ids, scale, k, unknown_share)
+    if sketch.any():
+        band = _fit_band(store, np.flatnonzero(sketch), titles, title_ids, scale, k, unknown_share)
+        if band.fitted:
+            band.rank_by = "similarity"  # see scoring.py: a sketch's z ranking is noise-driven
+            cal.sketch = band
+    cal.probes = n
+    return cal
+
+
+def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibration:
+    """Scorer parameters fitted on the probes ``rows`` (indices into store.probes)."""
+    probes = store.probes
+    qv, qids, qtitles = probes["vectors"][rows], probes["ref_ids"][rows], probes["titles"][rows]
+    scale = scale[rows]
+    n = len(rows)
+    cal = Calibration(probes=n, unknown_share=unknown_share)
+    if n == 0:
+        return cal
 
     # 1. Background stats: each title's best similarity to probes of the other titles.
-    cal = Calibration(probes=n)
     pooled = []
     for t in titles:
         others = qtitles != t
@@ -116,11 +165,11 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     # top k as excluding it); unknown = one search per title with that title excluded.
     feats, labels, kinds = [], [], []
 
-    def add(rows, sims, ids, kind):
-        sims = rescale(sims, ids, scale[rows])
-        titles = store.title_array(ids)
-        for j, i in enumerate(rows):
-            r = scorer.rank(sims[j], titles[j], ids[j])
+    def add(sel, sims, ids, kind):
+        sims = rescale(sims, ids, scale[sel])
+        found = store.title_array(ids)
+        for j, i in enumerate(sel):
+            r = scorer.rank(sims[j], found[j], ids[j])
             if not r.titles:
                 continue
             feats.append((r.z_top, r.margin))
@@ -132,17 +181,16 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # drop the own still, keep the order
     add(np.arange(n), np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), "known")
     for t in titles:
-        rows = np.flatnonzero(qtitles == t)
-        if len(rows):
-            sims, ids = store.search(qv[rows], k, exclude_ids=title_ids[t])
-            add(rows, sims, ids, "unknown")
+        sel = np.flatnonzero(qtitles == t)
+        if len(sel):
+            sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
+            add(sel, sims, ids, "unknown")
     x, y, kinds = np.array(feats), np.array(labels), np.array(kinds)
     if len(np.unique(y)) < 2:
         cal.fitted = False
         return cal
     # The share of unknown material in a dump is not known in advance: by default known and unknown
     # probes weigh the same in total (0.5); an investigator who knows better sets unknown_share.
-    cal.unknown_share = unknown_share
     n_known, n_unknown = max((kinds == "known").sum(), 1), max((kinds == "unknown").sum(), 1)
     w = np.where(kinds == "known", (1 - unknown_share) / n_known, unknown_share / n_unknown)
     beta = _fit_logistic(x, y, w * len(w))

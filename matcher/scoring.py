@@ -9,6 +9,12 @@
 3. Confidence: a logistic model of (z_top, z_top - z_second), fitted by the index itself on pseudo-queries
    (see calibration.py), with non-negative weights so that confidence never falls when the evidence
    grows. The title is reported when confidence >= the index's threshold, else "unknown".
+
+Sketches are scored apart. An embedder that reports how much of a vector carries evidence
+(``coverage``; classic: ~1 colour, ~0.6 grey, ~0.4 line-art) lets the index keep a second set of the
+parameters above for queries in the SKETCH_COVERAGE range, fitted on sketch probes only. Those queries are
+ranked by their best still's similarity: a sketch's background statistics are too noisy to reorder
+titles by (measured: seen line-art top-1 66% ranked by z, 85% by similarity; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ import numpy as np
 from matcher.results import Evidence, TitleScore
 
 _SHRINK = 8.0  # pseudo-count pulling a title's stats towards the global ones when it has few probes
+# Queries with coverage in [low, high) are scored as sketches (classic line-art: 0.37-0.40). Below
+# `low` lies a near-blank still (a flat colour, an empty page: ~0.19); it has no band of its own and is
+# scored with the main parameters, where its scaled-up noise stays far below a real match.
+SKETCH_COVERAGE = (0.25, 0.5)
+
+
+def is_sketch(coverage) -> np.ndarray | bool:
+    """Whether queries (or probes) with this coverage are scored with the sketch parameters."""
+    c = np.asarray(coverage)
+    return (c >= SKETCH_COVERAGE[0]) & (c < SKETCH_COVERAGE[1])
 
 
 @dataclass
@@ -37,10 +53,13 @@ class Calibration:
     fitted: bool = False  # False: too little data (e.g. one title), the prior above is used
     probes: int = 0
     unknown_share: float = 0.5  # prior share of queries from productions not in the index
+    rank_by: str = "z"  # "z": normalised score; "similarity": the best still's similarity
+    sketch: Calibration | None = None  # parameters for queries below SKETCH_COVERAGE, when fitted
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["weights"] = list(self.weights)
+        d["sketch"] = self.sketch.to_dict() if self.sketch else None
         return d
 
     @classmethod
@@ -49,7 +68,12 @@ class Calibration:
             return cls()
         d = dict(d)
         d["weights"] = tuple(d.get("weights", cls.weights))
+        d["sketch"] = cls.from_dict(d["sketch"]) if d.get("sketch") else None
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def for_coverage(self, coverage: float) -> Calibration:
+        """The parameters that score a query with this much evidence (see SKETCH_COVERAGE)."""
+        return self.sketch if self.sketch is not None and is_sketch(coverage) else self
 
     def stats(self, title: str) -> tuple[float, float]:
         """Shrunk (mu, sigma) for a title; unseen titles get the global stats."""
@@ -95,6 +119,7 @@ class Ranking:
     best: dict[str, tuple[float, int]]  # title -> (best similarity, reference id)
     z_top: float
     margin: float
+    calibration: Calibration  # the parameters (sketch or not) that scored it
 
 
 class TitleScorer:
@@ -104,7 +129,9 @@ class TitleScorer:
         self.calibration = calibration
         self.all_titles = list(all_titles)
 
-    def rank(self, sims: np.ndarray, titles: np.ndarray, ids: np.ndarray) -> Ranking:
+    def rank(self, sims: np.ndarray, titles: np.ndarray, ids: np.ndarray, coverage: float = 1.0) -> Ranking:
+        """Rank the titles of one query's neighbours (sims: evidence-scaled, see evidence_scale)."""
+        cal = self.calibration.for_coverage(coverage)
         best: dict[str, tuple[float, int]] = {}
         for s, t, i in zip(sims, titles, ids):
             if i < 0 or not t:
@@ -113,27 +140,31 @@ class TitleScorer:
                 best[t] = (float(s), int(i))
         valid = sims[ids >= 0]
         floor = float(valid.min()) if len(valid) else -1.0  # absent titles are at most this similar
-        cal = self.calibration
         zs = {}
         for t in self.all_titles:
             s = best[t][0] if t in best else floor
             mu, sigma = cal.stats(t)
             zs[t] = (s - mu) / sigma
-        present = sorted(best, key=lambda t: -zs[t])
-        z_present = np.array([zs[t] for t in present], dtype=np.float64)
+        if cal.rank_by == "similarity":
+            present = sorted(best, key=lambda t: -best[t][0])
+            # candidate scores follow exp(z): kept non-increasing down a similarity ranking
+            z_present = np.minimum.accumulate(np.array([zs[t] for t in present], dtype=np.float64))
+        else:
+            present = sorted(best, key=lambda t: -zs[t])
+            z_present = np.array([zs[t] for t in present], dtype=np.float64)
         if not present:
-            return Ranking([], z_present, best, -10.0, 0.0)
+            return Ranking([], z_present, best, -10.0, 0.0, cal)
         z_top = float(z_present[0])
         # Margin in raw similarity over the runner-up title (absent titles: the floor), in units of the
         # background spread: how far ahead the winner is, independent of per-title offsets.
         others = [best[t][0] if t in best else floor for t in self.all_titles if t != present[0]]
         runner_up = max(others) if others else floor
         margin = (best[present[0]][0] - runner_up) / cal.global_sigma
-        return Ranking(present, z_present, best, z_top, float(margin))
+        return Ranking(present, z_present, best, z_top, float(margin), cal)
 
     def score(self, ranking: Ranking, threshold: float | None = None, max_candidates: int = 5):
         """(title or None, confidence, candidates) for a ranking."""
-        cal = self.calibration
+        cal = ranking.calibration
         threshold = cal.threshold if threshold is None else threshold
         if not ranking.titles:
             return None, 0.0, []

@@ -98,7 +98,8 @@ class ReferenceStore:
         self.manifest = manifest
         self.index = index
         self.db = db
-        self.probes = probes  # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str}
+        # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str, "kinds": (m,) str}
+        self.probes = probes
         self._dirty = False
         self._mapped = False  # True while the index is a read-only memory map of its file
 
@@ -172,6 +173,8 @@ class ReferenceStore:
             try:
                 with np.load(ppath, allow_pickle=False) as z:
                     probes = {k: z[k] for k in ("vectors", "ref_ids", "titles")}
+                    # indexes written before sketch probes existed hold altered copies only
+                    probes["kinds"] = z["kinds"] if "kinds" in z else np.full(len(z["titles"]), "altered")
             except Exception as exc:
                 raise StoreError(f"{ppath}: corrupt calibration probes ({exc})") from None
         try:
@@ -351,11 +354,14 @@ class ReferenceStore:
         self._dirty = True
         return len(ids)
 
-    def set_probes(self, vectors: np.ndarray, ref_ids: np.ndarray, titles: np.ndarray) -> None:
+    def set_probes(
+        self, vectors: np.ndarray, ref_ids: np.ndarray, titles: np.ndarray, kinds: np.ndarray
+    ) -> None:
         self.probes = {
             "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
             "ref_ids": np.asarray(ref_ids, dtype=np.int64),
             "titles": np.asarray(titles, dtype=str),
+            "kinds": np.asarray(kinds, dtype=str),  # "altered" (make_probe) or "sketch" (make_sketch)
         }
         self._dirty = True
 
@@ -430,4 +436,5 @@ def _empty_probes(dim: int) -> dict:
         "vectors": np.zeros((0, dim), np.float32),
         "ref_ids": np.zeros(0, np.int64),
         "titles": np.zeros(0, dtype="<U1"),
+        "kinds": np.zeros(0, dtype="<U1"),
     }

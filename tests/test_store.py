@@ -109,4 +109,5 @@ def test_no_pickle_on_disk(built_index):
     for f in built_index.iterdir():
         assert not f.name.endswith((".pkl", ".pickle"))
     with np.load(next(built_index.glob("probes-*.npz")), allow_pickle=False) as z:
-        assert set(z.files) == {"vectors", "ref_ids", "titles"}
+        assert set(z.files) == {"vectors", "ref_ids", "titles", "kinds"}
+        assert {str(k) for k in z["kinds"]} == {"altered", "sketch"}  # loads without pickle
