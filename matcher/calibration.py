@@ -27,9 +27,8 @@ from matcher.scoring import (
 )
 
 PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to refit
-SKETCH_PROBES_PER_TITLE = (
-    16  # line-art probes per title (embedders that report coverage); 8..48 measured alike
-)
+# line-art probes per title, for embedders that report coverage (8, 16, 24, 48 measured alike)
+SKETCH_PROBES_PER_TITLE = 16
 MAX_FALSE_ATTRIBUTION = 0.02  # the default threshold keeps unknown probes below this rate
 
 

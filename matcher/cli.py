@@ -106,8 +106,10 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
     )
     thr = info["threshold"]
     share = info["unknown_share"]
+    sketch = info["sketch_threshold"]
     typer.echo(
         f"threshold  {thr:.3f}  (unknown share {share:.0%})"
+        + (f"  line-art queries {sketch:.3f}" if sketch is not None else "")
         if thr is not None
         else "threshold  (not calibrated)"
     )
@@ -135,7 +137,10 @@ def index_calibrate(
         cal = m.recalibrate(unknown_share=unknown_share)
     except MatcherError as exc:
         _die(str(exc))
-    typer.echo(f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}")
+    sketch = f" (line-art queries {cal.sketch.threshold:.3f})" if cal.sketch else ""
+    typer.echo(
+        f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}{sketch}"
+    )
 
 
 @index_app.command("remove")

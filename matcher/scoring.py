@@ -54,7 +54,7 @@ class Calibration:
     probes: int = 0
     unknown_share: float = 0.5  # prior share of queries from productions not in the index
     rank_by: str = "z"  # "z": normalised score; "similarity": the best still's similarity
-    sketch: Calibration | None = None  # parameters for queries below SKETCH_COVERAGE, when fitted
+    sketch: Calibration | None = None  # parameters for sketch queries (is_sketch), when fitted
 
     def to_dict(self) -> dict:
         d = asdict(self)
