@@ -50,6 +50,7 @@ def main() -> None:
         sims, ids = m.store.search(vecs, m.k)
         # the similarities Matcher scores with (grey / sketch queries rescaled, see scoring.py)
         sims = rescale(sims, ids, evidence_scale(getattr(m.embedder, "coverage", None), vecs))
+        coverage = m.embedder.coverage(vecs)  # line-art queries are scored with their own parameters
         titles = m.store.title_array(ids)
         counts = m.store.titles()
         raw = Calibration.from_dict(m.scorer.calibration.to_dict())
@@ -72,7 +73,10 @@ def main() -> None:
             if scorer is None:
                 top = [Counter(row[:10]).most_common(1)[0][0] for row in titles]
             else:
-                top = [scorer.rank(sims[r], titles[r], ids[r]).titles[0] for r in range(len(queries))]
+                top = [
+                    scorer.rank(sims[r], titles[r], ids[r], coverage=float(coverage[r])).titles[0]
+                    for r in range(len(queries))
+                ]
             top = np.array(top, dtype=object)
             cells = []
             for rl in ("seen", "unseen"):
