@@ -23,7 +23,7 @@ from matcher import calibration
 from matcher.embedders import Embedder, EmbedderError, create_embedder
 from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
-from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale
+from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
 from matcher.sources import Still
 from matcher.store import Reference, ReferenceStore, StoreError
 
@@ -301,7 +301,7 @@ class Matcher:
     def _score(self, vecs: np.ndarray, stills, min_confidence) -> list[MatchResult]:
         sims, ids = self.store.search(vecs, self.k)
         coverage = getattr(self.embedder, "coverage", None)
-        evidence = coverage(vecs) if coverage is not None else np.ones(len(vecs), dtype=np.float32)
+        evidence = coverage_of(coverage, vecs)
         scaled = rescale(sims, ids, evidence_scale(coverage, vecs))
         refs = self.store.references(np.unique(ids[ids >= 0]))
         out = []

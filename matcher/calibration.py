@@ -21,6 +21,7 @@ from matcher.scoring import (
     SKETCH_COVERAGE,
     Calibration,
     TitleScorer,
+    coverage_of,
     evidence_scale,
     is_sketch,
     rescale,
@@ -117,7 +118,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
         return Calibration(probes=n)
     qv = probes["vectors"]
     scale = evidence_scale(coverage, qv)
-    cov = np.asarray(coverage(qv)) if coverage is not None else np.ones(n, dtype=np.float32)
+    cov = coverage_of(coverage, qv)
     sketch = is_sketch(cov)
     main = cov >= SKETCH_COVERAGE[1]
     title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used by both bands

@@ -91,6 +91,13 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-np.clip(logit, -40, 40)))
 
 
+def coverage_of(coverage, vectors: np.ndarray) -> np.ndarray:
+    """Per-vector evidence share from an embedder's ``coverage`` function; 1 for embedders without one."""
+    if coverage is None or len(vectors) == 0:
+        return np.ones(len(vectors), dtype=np.float32)
+    return np.asarray(coverage(vectors), dtype=np.float32)
+
+
 def evidence_scale(coverage, vectors: np.ndarray) -> np.ndarray:
     """Per-query factor that puts similarities on the scale of a full-colour query.
 
@@ -99,10 +106,7 @@ def evidence_scale(coverage, vectors: np.ndarray) -> np.ndarray:
     per-title background statistics, fitted mostly on colour, would rank such queries by noise.
     Embedders that know how much of a vector carries evidence expose ``coverage(vectors)`` (0..1);
     similarities are divided by it for scoring (evidence keeps the raw cosine). Others: 1."""
-    n = len(vectors)
-    if coverage is None or n == 0:
-        return np.ones(n, dtype=np.float32)
-    return 1.0 / np.maximum(np.asarray(coverage(vectors), dtype=np.float32), 0.2)
+    return 1.0 / np.maximum(coverage_of(coverage, vectors), 0.2)
 
 
 def rescale(sims: np.ndarray, ids: np.ndarray, scale: np.ndarray) -> np.ndarray:

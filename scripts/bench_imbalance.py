@@ -32,7 +32,7 @@ import fetch_data  # noqa: E402
 from bench_transforms import TRANSFORMS  # noqa: E402
 
 from matcher import Matcher  # noqa: E402
-from matcher.scoring import Calibration, TitleScorer, evidence_scale, rescale  # noqa: E402
+from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale  # noqa: E402
 
 
 def main() -> None:
@@ -50,7 +50,8 @@ def main() -> None:
         sims, ids = m.store.search(vecs, m.k)
         # the similarities Matcher scores with (grey / sketch queries rescaled, see scoring.py)
         sims = rescale(sims, ids, evidence_scale(getattr(m.embedder, "coverage", None), vecs))
-        coverage = m.embedder.coverage(vecs)  # line-art queries are scored with their own parameters
+        # line-art queries are scored with their own parameters, as in Matcher
+        coverage = coverage_of(getattr(m.embedder, "coverage", None), vecs)
         titles = m.store.title_array(ids)
         counts = m.store.titles()
         raw = Calibration.from_dict(m.scorer.calibration.to_dict())
