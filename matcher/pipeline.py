@@ -7,9 +7,9 @@ Decoding a 1080p PNG costs ~10x more CPU than the classic descriptor and about a
 ViT-B-32 forward pass on CPU, so decoding runs in `workers` processes (one per core by default)
 while the main process embeds the previous batch; at most `workers * 4` files are in flight, which
 bounds memory. Workers do all the per-image work that needs only Pillow: decode, and the embedder's
-decode-side preparation (`embedder.decode_transform`: classic trims and shrinks to 64x64; clip
-resizes and crops to the model's input, handing back uint8 arrays that the main process turns into
-one normalised tensor batch). Workers never run torch, so forking after torch has started its
+decode-side preparation (classic's `prepare` trims the borders and shrinks to 128x128; clip's
+`decode_transform` resizes and crops to the model's input, handing back uint8 arrays that the main
+process turns into one normalised tensor batch). Workers never run torch, so forking after torch has started its
 thread pool is safe.
 
 A single file (`match cel.png`) is decoded inline: starting worker processes would cost more than
