@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from matcher.scoring import (
+    GREY_COVERAGE,
     SKETCH_COVERAGE,
     Calibration,
     TitleScorer,
@@ -31,6 +32,7 @@ PROBES_PER_TITLE = 48  # kept per title; enough for stable mean/spread, cheap to
 # line-art probes per title, for embedders that report coverage (8, 16, 24, 48 measured alike)
 SKETCH_PROBES_PER_TITLE = 16
 MAX_FALSE_ATTRIBUTION = 0.02  # the default threshold keeps unknown probes below this rate
+MIN_THRESHOLD_PROBES = 10  # unknown probes of a kind (colour / grey) needed for a threshold of its own
 
 
 def _crop(im: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -122,7 +124,7 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     sketch = is_sketch(cov)
     main = cov >= SKETCH_COVERAGE[1]
     title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used by both bands
-    cal = _fit_band(store, np.flatnonzero(main), titles, title_ids, scale, k, unknown_share)
+    cal = _fit_band(store, np.flatnonzero(main), titles, title_ids, scale, k, unknown_share, cov)
     if sketch.any():
         band = _fit_band(store, np.flatnonzero(sketch), titles, title_ids, scale, k, unknown_share)
         if band.fitted:
@@ -132,8 +134,9 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     return cal
 
 
-def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibration:
-    """Scorer parameters fitted on the probes ``rows`` (indices into store.probes)."""
+def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share, coverage=None) -> Calibration:
+    """Scorer parameters fitted on the probes ``rows`` (indices into store.probes). With ``coverage``
+    (per probe), probes below GREY_COVERAGE get their own unknown threshold (see _threshold)."""
     probes = store.probes
     qv, qids, qtitles = probes["vectors"][rows], probes["ref_ids"][rows], probes["titles"][rows]
     scale = scale[rows]
@@ -163,7 +166,8 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibr
     # 2. Features of known and unknown pseudo-queries.
     # Batched: known = one search with k+1 neighbours, each probe's own still dropped (the same
     # top k as excluding it); unknown = one search per title with that title excluded.
-    feats, labels, kinds = [], [], []
+    feats, labels, kinds, grey = [], [], [], []
+    is_grey = coverage[rows] < GREY_COVERAGE if coverage is not None else np.zeros(n, bool)
 
     def add(sel, sims, ids, kind):
         sims = rescale(sims, ids, scale[sel])
@@ -175,6 +179,7 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibr
             feats.append((r.z_top, r.margin))
             labels.append(1.0 if (kind == "known" and r.titles[0] == qtitles[i]) else 0.0)
             kinds.append(kind)
+            grey.append(is_grey[i])
 
     sims, ids = store.search(qv, k + 1)
     own = ids == qids[:, None]
@@ -185,7 +190,7 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibr
         if len(sel):
             sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
             add(sel, sims, ids, "unknown")
-    x, y, kinds = np.array(feats), np.array(labels), np.array(kinds)
+    x, y, kinds, grey = np.array(feats), np.array(labels), np.array(kinds), np.array(grey, bool)
     if len(np.unique(y)) < 2:
         cal.fitted = False
         return cal
@@ -196,9 +201,19 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share) -> Calibr
     beta = _fit_logistic(x, y, w * len(w))
     cal.weights = (float(beta[0]), float(beta[1]), float(beta[2]))
     cal.fitted = True
-    # 3. Threshold: at least 0.5 (more likely right than wrong), raised until at most 2% of the
-    #    unknown probes would be attributed to a title.
-    p_unknown = cal.probability(x[kinds == "unknown", 0], x[kinds == "unknown", 1])
-    q = float(np.quantile(p_unknown, 1 - MAX_FALSE_ATTRIBUTION)) if len(p_unknown) else 0.5
-    cal.threshold = float(min(max(0.5, q + 1e-6), 0.99))
+    # 3. Thresholds: at least 0.5 (more likely right than wrong), raised until at most 2% of the
+    #    unknown probes would be attributed to a title; separately for colour and grey probes when
+    #    there are enough of each, so that the 2% holds for each kind of query, not only on average.
+    unknown = kinds == "unknown"
+    cal.threshold = _threshold(cal, x[unknown])
+    if coverage is not None and min((unknown & grey).sum(), (unknown & ~grey).sum()) >= MIN_THRESHOLD_PROBES:
+        cal.threshold = _threshold(cal, x[unknown & ~grey])
+        cal.grey_threshold = _threshold(cal, x[unknown & grey])
     return cal
+
+
+def _threshold(cal: Calibration, x_unknown: np.ndarray) -> float:
+    """The lowest confidence >= 0.5 that at most MAX_FALSE_ATTRIBUTION of these unknown probes reach."""
+    p = cal.probability(x_unknown[:, 0], x_unknown[:, 1]) if len(x_unknown) else np.zeros(0)
+    q = float(np.quantile(p, 1 - MAX_FALSE_ATTRIBUTION)) if len(p) else 0.5
+    return float(min(max(0.5, q + 1e-6), 0.99))

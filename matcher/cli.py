@@ -106,16 +106,20 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
     )
     thr = info["threshold"]
     share = info["unknown_share"]
-    sketch = info["sketch_threshold"]
     typer.echo(
-        f"threshold  {thr:.3f}  (unknown share {share:.0%})"
-        + (f"  line-art queries {sketch:.3f}" if sketch is not None else "")
+        f"threshold  {thr:.3f}  (unknown share {share:.0%}){_kind_thresholds(info)}"
         if thr is not None
         else "threshold  (not calibrated)"
     )
     typer.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB, {info['references']} reference stills")
     for title, count in info["titles"].items():
         typer.echo(f"  {count:>8}  {title}")
+
+
+def _kind_thresholds(info: dict) -> str:
+    """'  grey queries 0.673  line-art queries 0.683' for the thresholds the index could fit."""
+    kinds = (("grey queries", info.get("grey_threshold")), ("line-art queries", info.get("sketch_threshold")))
+    return "".join(f"  {name} {thr:.3f}" for name, thr in kinds if thr is not None)
 
 
 @index_app.command("calibrate")
@@ -137,9 +141,9 @@ def index_calibrate(
         cal = m.recalibrate(unknown_share=unknown_share)
     except MatcherError as exc:
         _die(str(exc))
-    sketch = f" (line-art queries {cal.sketch.threshold:.3f})" if cal.sketch else ""
+    kinds = _kind_thresholds(m.info())
     typer.echo(
-        f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}{sketch}"
+        f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}{kinds}"
     )
 
 

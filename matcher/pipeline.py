@@ -9,8 +9,8 @@ while the main process embeds the previous batch; at most `workers * 4` files ar
 bounds memory. Workers do all the per-image work that needs only Pillow: decode, and the embedder's
 decode-side preparation (classic's `prepare` trims the borders and shrinks to 128x128; clip's
 `decode_transform` resizes and crops to the model's input, handing back uint8 arrays that the main
-process turns into one normalised tensor batch). Workers never run torch, so forking after torch has started its
-thread pool is safe.
+process turns into one normalised tensor batch). Workers never run torch, so forking after torch has
+started its thread pool is safe.
 
 A single file (`match cel.png`) is decoded inline: starting worker processes would cost more than
 it saves. A worker that crashes (a hostile file can kill a decoder) or hangs past `decode_timeout`

@@ -31,6 +31,10 @@ _SHRINK = 8.0  # pseudo-count pulling a title's stats towards the global ones wh
 # `low` lies a near-blank still (a flat colour, an empty page: ~0.19); it has no band of its own and is
 # scored with the main parameters, where its scaled-up noise stays far below a real match.
 SKETCH_COVERAGE = (0.25, 0.5)
+# Queries of the main band with less evidence than this (classic grey stills: ~0.6) must clear their own
+# unknown threshold, fitted on grey probes: at the shared one, 4 of 68 grey distractors got a title (5.9%)
+# against 0 of 68 colour ones (docs/BENCHMARKS.md, "Per-kind unknown thresholds").
+GREY_COVERAGE = 0.8
 
 
 def is_sketch(coverage) -> np.ndarray | bool:
@@ -50,6 +54,7 @@ class Calibration:
     global_sigma: float = 0.1
     weights: tuple[float, float, float] = (1.5, 1.5, -4.0)  # (z_top, margin, bias) -> logit
     threshold: float = 0.5
+    grey_threshold: float | None = None  # for queries below GREY_COVERAGE, when the index could fit one
     fitted: bool = False  # False: too little data (e.g. one title), the prior above is used
     probes: int = 0
     unknown_share: float = 0.5  # prior share of queries from productions not in the index
@@ -74,6 +79,12 @@ class Calibration:
     def for_coverage(self, coverage: float) -> Calibration:
         """The parameters that score a query with this much evidence (see SKETCH_COVERAGE)."""
         return self.sketch if self.sketch is not None and is_sketch(coverage) else self
+
+    def threshold_for(self, coverage: float) -> float:
+        """The unknown threshold for a query with this much evidence (see GREY_COVERAGE)."""
+        if self.grey_threshold is not None and coverage < GREY_COVERAGE:
+            return self.grey_threshold
+        return self.threshold
 
     def stats(self, title: str) -> tuple[float, float]:
         """Shrunk (mu, sigma) for a title; unseen titles get the global stats."""
@@ -124,6 +135,7 @@ class Ranking:
     z_top: float
     margin: float
     calibration: Calibration  # the parameters (sketch or not) that scored it
+    coverage: float = 1.0  # the query's evidence share (scoring.coverage_of); picks the threshold
 
 
 class TitleScorer:
@@ -157,19 +169,19 @@ class TitleScorer:
             present = sorted(best, key=lambda t: -zs[t])
             z_present = np.array([zs[t] for t in present], dtype=np.float64)
         if not present:
-            return Ranking([], z_present, best, -10.0, 0.0, cal)
+            return Ranking([], z_present, best, -10.0, 0.0, cal, coverage)
         z_top = float(z_present[0])
         # Margin in raw similarity over the runner-up title (absent titles: the floor), in units of the
         # background spread: how far ahead the winner is, independent of per-title offsets.
         others = [best[t][0] if t in best else floor for t in self.all_titles if t != present[0]]
         runner_up = max(others) if others else floor
         margin = (best[present[0]][0] - runner_up) / cal.global_sigma
-        return Ranking(present, z_present, best, z_top, float(margin), cal)
+        return Ranking(present, z_present, best, z_top, float(margin), cal, coverage)
 
     def score(self, ranking: Ranking, threshold: float | None = None, max_candidates: int = 5):
         """(title or None, confidence, candidates) for a ranking."""
         cal = ranking.calibration
-        threshold = cal.threshold if threshold is None else threshold
+        threshold = cal.threshold_for(ranking.coverage) if threshold is None else threshold
         if not ranking.titles:
             return None, 0.0, []
         candidates = []

@@ -417,7 +417,8 @@ class ReferenceStore:
             "titles": self.titles(),
             "search": m.get("search", {}),
             "threshold": m.get("threshold"),
-            # line-art queries have their own threshold (scoring.py), when the index could fit one
+            # grey and line-art queries have their own thresholds (scoring.py), when the index could fit them
+            "grey_threshold": cal.get("grey_threshold"),
             "sketch_threshold": (cal.get("sketch") or {}).get("threshold"),
             "calibrated": bool(cal.get("fitted")),
             "unknown_share": cal.get("unknown_share", 0.5),

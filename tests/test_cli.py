@@ -40,8 +40,8 @@ def test_index_info_lists_titles_model_and_size(cli_index):
     assert info["titles"] == {"Ice Kingdom": 12, "Night Patrol": 12, "Sunny Farm": 60}
     assert info["references"] == 84 and info["calibrated"] is True
     assert 0.5 <= info["threshold"] < 1.0
-    assert 0.5 <= info["sketch_threshold"] < 1.0
-    assert "line-art queries" in res.output
+    assert 0.5 <= info["sketch_threshold"] < 1.0 and 0.5 <= info["grey_threshold"] < 1.0
+    assert "line-art queries" in res.output and "grey queries" in res.output
 
 
 def test_match_json_follows_the_schema(cli_index, tmp_path):

@@ -59,6 +59,38 @@ def test_big_title_does_not_win_by_numbers():
 def test_unknown_threshold_caps_false_attribution_on_probes(built_index):
     cal = Calibration.from_dict(Matcher.open(built_index).store.manifest["calibration"])
     assert 0.5 <= cal.threshold < 1.0
+    # classic reports coverage, so grey probes got a threshold of their own (and sketches theirs)
+    assert cal.grey_threshold is not None and 0.5 <= cal.grey_threshold < 1.0
+    assert cal.threshold_for(0.6) == cal.grey_threshold and cal.threshold_for(0.98) == cal.threshold
+
+
+def test_grey_queries_must_clear_their_own_threshold():
+    # Same evidence, same confidence (0.6): a colour query is attributed, a grey one (coverage 0.6) must
+    # clear the stricter grey threshold and stays unknown, unless the caller sets the threshold.
+    cal = Calibration(
+        mu={"A": 0.5, "B": 0.5},
+        sigma={"A": 0.1, "B": 0.1},
+        n={"A": 50, "B": 50},
+        global_mu=0.5,
+        weights=(0.0, 0.0, float(np.log(0.6 / 0.4))),
+        threshold=0.5,
+        grey_threshold=0.7,
+        fitted=True,
+    )
+    scorer = TitleScorer(cal, ["A", "B"])
+    sims, titles, ids = np.array([0.9, 0.6]), np.array(["A", "B"], dtype=object), np.arange(2)
+    colour = scorer.score(scorer.rank(sims, titles, ids, coverage=0.98))
+    grey = scorer.score(scorer.rank(sims, titles, ids, coverage=0.6))
+    assert colour[0] == "A" and grey[0] is None
+    assert colour[1] == grey[1] == 0.6 and grey[2][0].title == "A"  # the candidate is still shown
+    assert scorer.score(scorer.rank(sims, titles, ids, coverage=0.6), threshold=0.55)[0] == "A"
+
+
+def test_calibrations_saved_before_grey_thresholds_keep_one_threshold():
+    old = Calibration(threshold=0.6, fitted=True).to_dict()
+    del old["grey_threshold"]
+    cal = Calibration.from_dict(old)
+    assert cal.grey_threshold is None and cal.threshold_for(0.6) == cal.threshold_for(1.0) == 0.6
 
 
 def test_single_title_index_falls_back_to_prior(tmp_path):
