@@ -205,10 +205,11 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share, coverage=
     #    unknown probes would be attributed to a title; separately for colour and grey probes when
     #    there are enough of each, so that the 2% holds for each kind of query, not only on average.
     unknown = kinds == "unknown"
-    cal.threshold = _threshold(cal, x[unknown])
-    if coverage is not None and min((unknown & grey).sum(), (unknown & ~grey).sum()) >= MIN_THRESHOLD_PROBES:
+    if min((unknown & grey).sum(), (unknown & ~grey).sum()) >= MIN_THRESHOLD_PROBES:
         cal.threshold = _threshold(cal, x[unknown & ~grey])
         cal.grey_threshold = _threshold(cal, x[unknown & grey])
+    else:  # too few of one kind (or no coverage: no grey probes): one threshold for all
+        cal.threshold = _threshold(cal, x[unknown])
     return cal
 
 
