@@ -148,7 +148,9 @@ class Matcher:
         first one raises."""
         if not title or not title.strip():
             raise MatcherError("a title is required")
+        self._probes()  # a damaged probe file stops the add before any still is decoded
         rng = np.random.default_rng(seed + self.store.count)
+        n_probes = calibration.probes_per_title(len(set(self.store.titles()) | {title}))
         added = 0
         probe_images: list[tuple[Image.Image, int]] = []
         # Reservoir-sample probe stills so that a long video does not need to be held in memory.
@@ -170,11 +172,11 @@ class Matcher:
             ids = self.store.add(vecs, refs)
             for s, rid in zip(batch, ids):
                 seen_for_probes += 1
-                if len(probe_images) < calibration.PROBES_PER_TITLE:
+                if len(probe_images) < n_probes:
                     probe_images.append((s.image, int(rid)))
                 else:
                     j = int(rng.integers(0, seen_for_probes))
-                    if j < calibration.PROBES_PER_TITLE:
+                    if j < n_probes:
                         probe_images[j] = (s.image, int(rid))
             added += len(batch)
             batch.clear()
@@ -194,19 +196,27 @@ class Matcher:
                 flush()
         flush()
         if added:
-            self._add_probes(title, probe_images, added, rng)
+            self._add_probes(title, probe_images, added, rng, n_probes)
             self.recalibrate()
         return added
 
-    def _add_probes(self, title: str, probe_images, added: int, rng) -> None:
-        """Keep a fixed number of probes per title and kind: altered copies (PROBES_PER_TITLE) and,
-        for embedders that report coverage, line-art sketches (SKETCH_PROBES_PER_TITLE). A title with
+    def _probes(self) -> dict:
+        """The index's calibration probes (read on first use); a damaged file is a MatcherError."""
+        try:
+            return self.store.probes
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+
+    def _add_probes(self, title: str, probe_images, added: int, rng, n_probes: int) -> None:
+        """Keep a fixed number of probes per title and kind: altered copies (``n_probes``, from
+        calibration.probes_per_title) and, for embedders that report coverage, line-art sketches
+        (SKETCH_PROBES_PER_TITLE). A title with
         few stills gets several probes of each (stable statistics for small titles); an append
         replaces old probes in proportion to the stills it adds."""
-        kinds = [("altered", calibration.PROBES_PER_TITLE, calibration.make_probe)]
+        kinds = [("altered", n_probes, calibration.make_probe)]
         if getattr(self.embedder, "coverage", None) is not None:
             kinds.append(("sketch", calibration.SKETCH_PROBES_PER_TITLE, calibration.make_sketch))
-        p = self.store.probes
+        p = self._probes()
         total = self.store.titles().get(title, added)
         keep = p["titles"] != title  # other titles' probes stay as they are
         new_vecs, new_ids, new_kinds = [], [], []
@@ -235,6 +245,7 @@ class Matcher:
             unknown_share = (self.store.manifest.get("calibration") or {}).get("unknown_share", 0.5)
         if not 0.0 < unknown_share < 1.0:
             raise MatcherError(f"unknown share must be between 0 and 1 (exclusive), not {unknown_share}")
+        self._probes()
         cal = calibration.fit(
             self.store,
             k=self.k,
@@ -247,6 +258,7 @@ class Matcher:
 
     def remove(self, title: str) -> int:
         """Remove every still of a title; recalibrates and saves. Returns how many were removed."""
+        self._probes()
         n = self.store.remove_title(title)
         if n:
             self.recalibrate()

@@ -93,13 +93,14 @@ CREATE INDEX IF NOT EXISTS refs_title ON refs(title);
 class ReferenceStore:
     """Reference stills of known productions: vectors for search, metadata for evidence."""
 
-    def __init__(self, root: Path, manifest: dict, index, db: sqlite3.Connection, probes: dict):
+    def __init__(self, root: Path, manifest: dict, index, db: sqlite3.Connection, probes: dict | None):
         self.root = root
         self.manifest = manifest
         self.index = index
         self.db = db
-        # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str, "kinds": (m,) str}
-        self.probes = probes
+        # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str, "kinds": (m,) str};
+        # None: not read yet (see `probes`)
+        self._probes = probes
         self._dirty = False
         self._mapped = False  # True while the index is a read-only memory map of its file
 
@@ -167,25 +168,38 @@ class ReferenceStore:
                 raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
         else:
             index = ann.exact_index(dim)
-        probes = _empty_probes(dim)
-        if manifest.get("probes"):
-            ppath = root / manifest["probes"]
-            try:
-                with np.load(ppath, allow_pickle=False) as z:
-                    probes = {k: z[k] for k in ("vectors", "ref_ids", "titles")}
-                    # indexes written before sketch probes existed hold altered copies only
-                    probes["kinds"] = z["kinds"] if "kinds" in z else np.full(len(z["titles"]), "altered")
-            except Exception as exc:
-                raise StoreError(f"{ppath}: corrupt calibration probes ({exc})") from None
         try:
             db = cls._connect(root)
             db.execute("SELECT count(*) FROM refs").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{root / DATABASE}: corrupt metadata database ({exc})") from None
-        store = cls(root, manifest, index, db, probes)
+        store = cls(root, manifest, index, db, None)
         store._mapped = mapped
         store._recover()
         return store
+
+    @property
+    def probes(self) -> dict:
+        """The calibration probes, read from disk on first use: matching never needs them, and a
+        large index holds many (1000 titles x 64 probes of 727 dims: 190 MB, up to 0.5 s to read)."""
+        if self._probes is None:
+            probes = _empty_probes(self.dim)
+            name = self.manifest.get("probes")
+            if name:
+                ppath = self.root / name
+                try:
+                    with np.load(ppath, allow_pickle=False) as z:
+                        probes = {k: z[k] for k in ("vectors", "ref_ids", "titles")}
+                        # indexes written before sketch probes existed hold altered copies only
+                        probes["kinds"] = z["kinds"] if "kinds" in z else np.full(len(z["titles"]), "altered")
+                except Exception as exc:
+                    raise StoreError(f"{ppath}: corrupt calibration probes ({exc})") from None
+            self._probes = probes
+        return self._probes
+
+    @probes.setter
+    def probes(self, value: dict) -> None:
+        self._probes = value
 
     def _writable(self) -> None:
         """Load a memory-mapped index into memory so that it can be changed."""

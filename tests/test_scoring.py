@@ -6,7 +6,7 @@ import numpy as np
 from conftest import draw_frame
 
 from matcher import Matcher
-from matcher.calibration import _fit_logistic
+from matcher.calibration import PROBES_PER_TITLE, _fit_logistic, probes_per_title
 from matcher.scoring import Calibration, TitleScorer
 
 
@@ -62,6 +62,16 @@ def test_unknown_threshold_caps_false_attribution_on_probes(built_index):
     # classic reports coverage, so grey probes got a threshold of their own (and sketches theirs)
     assert cal.grey_threshold is not None and 0.5 <= cal.grey_threshold < 1.0
     assert cal.threshold_for(0.6) == cal.grey_threshold and cal.threshold_for(0.98) == cal.threshold
+
+
+def test_a_small_index_keeps_more_probes_per_title(built_index):
+    # The 2% unknown threshold needs enough unknown probes in all: few titles, more probes each.
+    probes = Matcher.open(built_index).store.probes
+    altered = probes["titles"][probes["kinds"] == "altered"]
+    assert {t: int((altered == t).sum()) for t in set(altered)} == dict.fromkeys(
+        ("Sunny Farm", "Night Patrol", "Ice Kingdom"), probes_per_title(3)
+    )
+    assert probes_per_title(3) > probes_per_title(20) == PROBES_PER_TITLE == probes_per_title(5000)
 
 
 def test_grey_queries_must_clear_their_own_threshold():

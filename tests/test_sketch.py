@@ -11,7 +11,7 @@ import pytest
 from conftest import draw_frame
 
 from matcher import Matcher
-from matcher.calibration import _fit_logistic
+from matcher.calibration import _fit_logistic, probes_per_title
 from matcher.scoring import Calibration, TitleScorer, is_sketch
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
@@ -40,7 +40,7 @@ def test_index_fits_separate_sketch_parameters(demo_index):
     assert cal.sketch is not None and cal.sketch.fitted and cal.sketch.rank_by == "similarity"
     assert cal.rank_by == "z"
     kinds = demo_index.store.probes["kinds"]
-    assert (kinds == "sketch").sum() == 3 * 16 and (kinds == "altered").sum() == 3 * 48
+    assert (kinds == "sketch").sum() == 3 * 16 and (kinds == "altered").sum() == 3 * probes_per_title(3)
 
 
 def _two_band_scorer() -> TitleScorer:

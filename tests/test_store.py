@@ -83,6 +83,23 @@ def test_corrupt_vectors_file_is_a_clear_error(tmp_path, built_index):
         Matcher.open(copy)
 
 
+def test_damaged_probe_file_blocks_calibration_but_not_matching(tmp_path, built_index, library):
+    import shutil
+
+    copy = tmp_path / "idx"
+    shutil.copytree(built_index, copy)
+    probes = copy / json.loads((copy / "manifest.json").read_text())["probes"]
+    probes.write_bytes(b"not an npz")
+    m = Matcher.open(copy)  # probes are read only by what refits the scorer
+    frame = library["Night Patrol"][0]
+    assert m.match(frame).title == "Night Patrol"
+    before = m.info()["references"]
+    for refit in (lambda: m.recalibrate(), lambda: m.add([frame], title="Night Patrol")):
+        with pytest.raises(MatcherError, match=f"{probes.name}: corrupt calibration probes"):
+            refit()
+    assert Matcher.open(copy).info()["references"] == before  # nothing half-written
+
+
 def test_fingerprint_mismatch_is_refused(tmp_path, built_index):
     import shutil
 
