@@ -210,9 +210,8 @@ class Matcher:
     def _add_probes(self, title: str, probe_images, added: int, rng, n_probes: int) -> None:
         """Keep a fixed number of probes per title and kind: altered copies (``n_probes``, from
         calibration.probes_per_title) and, for embedders that report coverage, line-art sketches
-        (SKETCH_PROBES_PER_TITLE). A title with
-        few stills gets several probes of each (stable statistics for small titles); an append
-        replaces old probes in proportion to the stills it adds."""
+        (SKETCH_PROBES_PER_TITLE). A title with few stills gets several probes of each (stable
+        statistics for small titles); an append replaces old probes in proportion to the stills it adds."""
         kinds = [("altered", n_probes, calibration.make_probe)]
         if getattr(self.embedder, "coverage", None) is not None:
             kinds.append(("sketch", calibration.SKETCH_PROBES_PER_TITLE, calibration.make_sketch))

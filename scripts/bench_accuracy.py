@@ -70,6 +70,22 @@ def make_queries(items: list[dict], transforms: list[str]) -> list[dict]:
     return qs
 
 
+def add_references(m, refs: list[dict], seed: int = 0) -> None:
+    """Index the reference stills, one `Matcher.add` per title (sorted, so every run adds alike)."""
+    by_title: dict[str, list[dict]] = defaultdict(list)
+    for r in refs:
+        by_title[r["title"]].append(r)
+    for title, rs in sorted(by_title.items()):
+        m.add([r["image"] for r in rs], title=title, names=[r["source"] for r in rs], seed=seed)
+
+
+def embed_queries(embedder, queries: list[dict], batch: int = 256) -> np.ndarray:
+    """The query images' embeddings, in batches."""
+    return np.concatenate(
+        [embedder.embed([q["image"] for q in queries[i : i + batch]]) for i in range(0, len(queries), batch)]
+    )
+
+
 # --- runners: each returns one record per query --------------------------------------------------------
 
 
@@ -79,19 +95,10 @@ def run_matcher(spec: str, refs: list[dict], queries: list[dict]) -> tuple[list[
     with tempfile.TemporaryDirectory(prefix=f"bench-{spec}-") as tmp:
         m = Matcher.create(Path(tmp) / "index", model=spec)
         t0 = time.perf_counter()
-        by_title: dict[str, list[dict]] = defaultdict(list)
-        for r in refs:
-            by_title[r["title"]].append(r)
-        for title, rs in sorted(by_title.items()):
-            m.add([r["image"] for r in rs], title=title, names=[r["source"] for r in rs])
+        add_references(m, refs)
         t_index = time.perf_counter() - t0
         t0 = time.perf_counter()
-        vecs = np.concatenate(
-            [
-                m.embedder.embed([q["image"] for q in queries[i : i + 256]])
-                for i in range(0, len(queries), 256)
-            ]
-        )
+        vecs = embed_queries(m.embedder, queries)
         t_embed = time.perf_counter() - t0
         t0 = time.perf_counter()
         results = m.match_vectors(vecs)  # the very scorer Matcher.match uses, on the same embeddings

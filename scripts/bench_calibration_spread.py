@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +38,7 @@ def one_seed(refs: list[dict], qv: np.ndarray, meta: dict, seed: int) -> dict[st
     known = role != "distractor"
     with tempfile.TemporaryDirectory(prefix="bench-spread-") as tmp:
         m = Matcher.create(Path(tmp) / "index", model="classic")
-        by_title: dict[str, list[dict]] = defaultdict(list)
-        for r in refs:
-            by_title[r["title"]].append(r)
-        for title, rs in sorted(by_title.items()):
-            m.add([r["image"] for r in rs], title=title, names=[r["source"] for r in rs], seed=seed)
+        B.add_references(m, refs, seed=seed)
         info = m.info()
         results = m.match_vectors(qv)
         m.close()
@@ -94,10 +89,7 @@ def main() -> None:
     queries = B.make_queries([it for it in items if it["role"] != "ref"], list(TRANSFORMS))
     from matcher.embedders import create_embedder
 
-    embedder = create_embedder("classic")
-    qv = np.concatenate(
-        [embedder.embed([q["image"] for q in queries[i : i + 256]]) for i in range(0, len(queries), 256)]
-    )
+    qv = B.embed_queries(create_embedder("classic"), queries)
     meta = {k: np.array([q[k] for q in queries], dtype=object) for k in ("role", "truth", "transform")}
 
     rows = [one_seed(refs, qv, meta, seed) for seed in range(args.seeds)]

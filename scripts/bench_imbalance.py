@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +41,8 @@ def main() -> None:
     queries = bench_accuracy.make_queries([it for it in items if it["role"] != "ref"], list(TRANSFORMS))
     with tempfile.TemporaryDirectory() as tmp:
         m = Matcher.create(Path(tmp) / "index", model="classic")
-        by_title = defaultdict(list)
-        for r in refs:
-            by_title[r["title"]].append(r)
-        for title, rs in sorted(by_title.items()):
-            m.add([r["image"] for r in rs], title=title, names=[r["source"] for r in rs])
-        vecs = m.embedder.embed([q["image"] for q in queries])
+        bench_accuracy.add_references(m, refs)
+        vecs = bench_accuracy.embed_queries(m.embedder, queries)
         sims, ids = m.store.search(vecs, m.k)
         # the similarities Matcher scores with (grey / sketch queries rescaled, see scoring.py)
         sims = rescale(sims, ids, evidence_scale(getattr(m.embedder, "coverage", None), vecs))
