@@ -1,9 +1,9 @@
 """The nearest-neighbour index behind the reference store: exact while that is fast, approximate above.
 
-Vectors are L2-normalised float32 rows, so inner product is cosine similarity. Below `exact_max`
-vectors the index is an exact flat scan (`IndexIDMap2(IndexFlatIP)`); a single query then scans
-n * d * 4 bytes, which at 100k x 512 is ~200 MB, a few tens of ms on one core. Above it the index
-is an IVF-Flat (`IndexIVFFlat`, inner product): it supports adding vectors later and `remove_ids`
+Vectors are float32 rows of norm <= 1; similarity is their inner product (cosine for unit rows).
+Below `exact_max` vectors the index is an exact flat scan (`IndexIDMap2(IndexFlatIP)`); a single
+query then scans n * d * 4 bytes, which at 100k x 512 is ~200 MB, a few tens of ms on one core. Above
+it the index is an IVF-Flat (`IndexIVFFlat`, inner product): it supports adding vectors later and `remove_ids`
 (HNSW supports neither removal nor cheap mmap), and it stores vectors uncompressed, so the only
 approximation is which inverted lists are probed. `nprobe` is tuned at build time: recall@10 against
 exact search is measured on a sample of the indexed vectors used as queries, and nprobe is doubled
@@ -146,7 +146,7 @@ def build(
     eval_queries: int = DEFAULT_EVAL_QUERIES,
     seed: int = 0,
 ) -> tuple[faiss.Index, dict]:
-    """Build the index for `vectors` (n x d, L2-normalised) with int64 `ids`.
+    """Build the index for `vectors` (n x d, rows of norm <= 1) with int64 `ids`.
 
     Returns (index, info); `info` is JSON-serialisable: kind ("exact" / "ivf-flat"), ntotal, dim,
     params (nlist, nprobe), recall_at_10 measured against exact search (1.0 for exact), and

@@ -1,7 +1,7 @@
 """The embedding pipeline: decode in worker processes, embed in batches, both at once.
 
     for e in embed_stills(paths, embedder):          # in input order
-        e.still (path, sha256, timestamp...), e.vector (float32, L2-normalised) or e.error
+        e.still (path, sha256, timestamp...), e.vector (float32, norm <= 1) or e.error
 
 Decoding a 1080p PNG costs ~10x more CPU than the classic descriptor and about as much as a
 ViT-B-32 forward pass on CPU, so decoding runs in `workers` processes (one per core by default)

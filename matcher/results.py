@@ -14,7 +14,8 @@ class Evidence:
 
     title: str
     reference: str  # source path of the reference still, as recorded when it was indexed
-    similarity: float  # cosine similarity between the query and this still (-1..1)
+    similarity: float  # inner product of the two vectors: cosine for clip; for classic at most the
+    # query's coverage (a grey query shows ~0.6 of the descriptor, so ~0.6 even against its own original)
     timestamp: float | None = None  # seconds into the reference video, None for still images
     episode: str | None = None
     timestamp_end: float | None = None  # the still stands for [timestamp, timestamp_end] of the video

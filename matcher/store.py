@@ -181,7 +181,8 @@ class ReferenceStore:
     @property
     def probes(self) -> dict:
         """The calibration probes, read from disk on first use: matching never needs them, and a
-        large index holds many (1000 titles x 64 probes of 727 dims: 190 MB, up to 0.5 s to read)."""
+        large index holds many (1000 titles x 64 probes of 727 dims, classic-v2: 190 MB, up to 0.5 s
+        to read)."""
         if self._probes is None:
             probes = _empty_probes(self.dim)
             name = self.manifest.get("probes")

@@ -47,6 +47,21 @@ def test_grey_and_sketch_queries_find_their_colour_frame_not_a_grey_reference():
             assert int(np.argmax(s)) == i
 
 
+def test_missing_colour_adds_nothing_to_a_similarity():
+    """A grey query meets a grey reference exactly as it meets that reference's colour original: the
+    colour neither still can show adds no chance term (classic-v2's random spare dimensions added
+    +-0.02 to every grey-to-grey similarity and moved grey top-1 by up to 5 points between seeds)."""
+    e = create_embedder("classic")
+    frames = [_scene(s) for s in range(10, 16)]
+    greys = [ImageOps.grayscale(f).convert("RGB") for f in frames]
+    colour, grey = e.embed(frames), e.embed(greys)
+    q = grey[0]
+    for j in range(1, len(frames)):
+        assert abs(float(q @ grey[j]) - float(q @ colour[j])) < 0.01
+    # ... and a grey still's similarity to its own copy is its coverage, the share it can show
+    assert abs(float(q @ q) - float(e.coverage(q)[0])) < 1e-5 and float(q @ q) < 0.8
+
+
 def test_prepared_images_embed_like_raw_ones_and_flip_is_free():
     e = create_embedder("classic")
     im = _scene(3)

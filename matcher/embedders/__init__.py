@@ -1,7 +1,8 @@
 """The embedder registry: one entry point turns a model spec string into an embedder.
 
 Every embedder has the same small interface (see `Embedder`): `spec`, `dim`, `fingerprint` and
-`embed(images) -> float32 (n, dim)` with L2-normalised rows. Specs:
+`embed(images) -> float32 (n, dim)` with rows of norm <= 1: unit norm, or (an embedder that also has
+`coverage(vectors)`, like classic) the squared norm is the share of the descriptor a still provides. Specs:
 
 - ``classic``        weights-free pixel descriptor (numpy + Pillow only; never imports torch)
 - ``clip``           ``clip:ViT-B-32`` with the ``laion2b_s34b_b79k`` weights
@@ -31,7 +32,7 @@ class Embedder(Protocol):
     pretrained: str | None  # weights the embedder was built with (None for weights-free ones)
 
     def embed(self, images: Sequence) -> np.ndarray:
-        """Embed PIL images into a float32 array of shape (len(images), dim), rows L2-normalised."""
+        """Embed PIL images into a float32 array of shape (len(images), dim), rows of norm <= 1."""
         ...
 
 

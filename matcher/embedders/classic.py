@@ -19,27 +19,28 @@ accuracy benchmark (scripts/bench_accuracy.py, docs/BENCHMARKS.md "Accuracy (iss
 3. Flip invariance by construction: grids are pooled with their mirror image (orientation bins mirrored
    too), global histograms are mirror-invariant anyway.
 4. Missing evidence is "unknown", not "absent": a grey image has no colour blocks and a line-art sketch
-   (achromatic, mostly white paper, some dark lines) keeps only its structure blocks. Zeroing those blocks
-   would shrink the vector's norm and, after normalisation, make every grey query prefer grey references.
-   Their weight goes instead to spare dimensions, one subspace per kind of unknown (colour of a grey
-   still: a seeded dense random vector in 256 dims; empty blocks of a flat still: 64 dims; the non-line
-   blocks of a sketch: one pixel-chosen coordinate of 128), which are uncorrelated with everything, so
-   every still has the same norm budget.
+   (achromatic, mostly white paper, some dark lines) keeps only its structure blocks. Those blocks are
+   zero and the vector is NOT renormalised: every still has the same scale (1 / the norm of all the
+   weights), so a vector's squared norm is the share of the descriptor its still provides (`coverage`)
+   and a block missing on either side adds nothing to a similarity. Renormalising would inflate a grey
+   still's luminance blocks and make grey queries prefer grey references; the scorer divides a query's
+   similarities by its coverage instead (scoring.evidence_scale).
+   classic-v2 kept unit norm by putting the missing weight on seeded random "spare" dimensions (448 of
+   its 727). Their chance overlaps added +-0.02 of noise to every grey-to-grey similarity and moved
+   unseen grey top-1 by up to 5 points from one seed to the next; without them the vector has 279
+   dimensions (docs/BENCHMARKS.md, "Without spare dimensions").
 """
 
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from matcher.embedders import l2_normalise
-
 _SIDE = 128  # working resolution: large enough for line structure, small enough to be fast
-_VERSION = "classic-v2"
+_VERSION = "classic-v3"
 _PREPARED = "matcher.classic.prepared"  # marker in Image.info: already trimmed and shrunk
 
 WEIGHTS = {  # tuned on half of the benchmark's queries (coordinate search), checked on the other half
@@ -56,9 +57,6 @@ ORDER = tuple(WEIGHTS)
 CENTRE: dict[str, float] = {}  # measured: taking the flat direction out of histograms did not help
 _CHROMA = {"palette", "thumb_c"}
 _LUMA_ONLY_SKETCH = ("lum", "texture", "thumb_y")
-_UC = 256  # spare dimensions for the unknown colour blocks of grey stills
-_UL = 64  # ... for blocks that are empty (no edges in a flat still)
-_US = 128  # ... for everything but the structure of a line-art sketch
 EDGE_PERCENTILE = 75.0  # the strongest quarter of the tensor energy counts as "edge / line"
 LBP_T = 0.02  # a neighbour counts as brighter above this luminance step
 EDENS_N = 8  # edge density grid: 8x8 lets a sketch's lines find their frame (4x4: seen line-art -16 pts)
@@ -208,7 +206,8 @@ class ClassicEmbedder:
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = dict(WEIGHTS, **(weights or {}))
         self._dims = _dims()
-        self.dim = sum(self._dims.values()) + _UC + _UL + _US
+        self.dim = sum(self._dims.values())
+        self._norm = float(np.sqrt(sum(w * w for w in self.weights.values())))
         key = f"{_VERSION}:{_SIDE}:{self.dim}:{sorted(self.weights.items())}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -232,55 +231,39 @@ class ClassicEmbedder:
     def _vector(self, small: Image.Image) -> np.ndarray:
         f = _features(small)
         parts = []
-        unknown = {"c": 0.0, "l": 0.0, "s": 0.0}
         for k in ORDER:
             v = f[k]
-            wk = self.weights[k]
             nv = float(np.linalg.norm(v)) if v is not None else 0.0
-            if nv < 1e-4:
+            if nv < 1e-4:  # a block this still cannot provide: no evidence either way
                 parts.append(np.zeros(self._dims[k], np.float32))
-                # three kinds of unknown, three subspaces, so that they never meet each other: the colour of
-                # a grey still, an empty block of a flat still, everything but the lines of a sketch
-                sketch = f["lum"] is None
-                unknown["s" if sketch else "c" if k in _CHROMA else "l"] += wk * wk
-            else:
-                v = np.asarray(v, np.float32).ravel()
-                if k in CENTRE:
-                    # histograms share a large common component (all bins >= 0): take out the flat
-                    # direction so that the block's similarity spans more than 0.9..1.0
-                    v = v - CENTRE[k] * v.mean()
-                    nv = float(np.linalg.norm(v))
-                    if nv < 1e-4:
-                        v, nv = np.ones_like(v), float(np.sqrt(v.size))
-                parts.append((wk / nv) * v)
-        rng = np.random.default_rng(zlib.crc32(small.tobytes()))
-        for grp, dim in (("c", _UC), ("l", _UL), ("s", _US)):
-            if grp == "s":
-                # sketches: one pixel-chosen coordinate. Two different sketches share it with probability
-                # 1/_US and are otherwise exactly orthogonal there; a dense random vector gave every
-                # sketch-like reference a +-0.05 random bonus that out-scored the real structure match
-                rv = np.zeros(dim, np.float32)
-                rv[int(rng.integers(0, dim))] = 1.0
-            else:
-                rv = rng.standard_normal(dim).astype(np.float32)
-            parts.append((np.sqrt(unknown[grp]) / np.linalg.norm(rv)) * rv)
-        return np.concatenate(parts)
+                continue
+            v = np.asarray(v, np.float32).ravel()
+            if k in CENTRE:
+                # histograms share a large common component (all bins >= 0): take out the flat
+                # direction so that the block's similarity spans more than 0.9..1.0
+                v = v - CENTRE[k] * v.mean()
+                nv = float(np.linalg.norm(v))
+                if nv < 1e-4:
+                    v, nv = np.ones_like(v), float(np.sqrt(v.size))
+            parts.append((self.weights[k] / nv) * v)
+        # the same scale for every still, never a per-still normalisation (module docstring, 4)
+        return np.concatenate(parts) / self._norm
 
     def coverage(self, vectors: np.ndarray) -> np.ndarray:
-        """Share of each (L2-normalised) vector that carries evidence: 1 minus the weight its still could
-        not provide (the spare dimensions). ~0.98 for colour frames, ~0.6 grey, ~0.4 line-art sketches.
-        A scorer can divide a query's similarities by it to compare grey and sketch queries on the scale
-        of colour ones (see docs/BENCHMARKS.md, "What the scorer would need")."""
+        """Share of the descriptor a vector carries evidence for: its squared norm (module docstring, 4).
+        ~0.98 for colour frames, ~0.6 grey, ~0.4 line-art sketches, ~0.2 near-blank stills. The scorer
+        divides a query's similarities by it to compare grey and sketch queries on the scale of colour
+        ones (see scoring.evidence_scale)."""
         v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        spare = _UC + _UL + _US
-        return np.clip(1.0 - np.einsum("ij,ij->i", v[:, -spare:], v[:, -spare:]), 0.0, 1.0)
+        return np.clip(np.einsum("ij,ij->i", v, v), 0.0, 1.0)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed PIL images (raw, or already passed through `prepare`) into L2-normalised float32 rows."""
+        """Embed PIL images (raw, or already passed through `prepare`) into float32 rows of norm <= 1
+        (squared norm = `coverage`; 1 when the still provides every block)."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for i, im in enumerate(images):
             small = im if im.info.get(_PREPARED) and im.size == (_SIDE, _SIDE) else self.prepare(im)
             out[i] = self._vector(small)
-        return l2_normalise(out)
+        return out
