@@ -98,6 +98,13 @@ class Matcher:
             device=device,
         )
         if embedder.fingerprint != info["fingerprint"] or embedder.dim != info["dim"]:
+            if embedder.pretrained is None:  # weights-free (classic): the algorithm itself has changed
+                raise MatcherError(
+                    f"{index_dir}: model mismatch: the index was built with another version of "
+                    f"{info['spec']} ({info['fingerprint']}, dim {info['dim']}; this matcher has "
+                    f"{embedder.fingerprint}, dim {embedder.dim}); rebuild it: matcher index add --index "
+                    f"{index_dir} ..."
+                )
             raise MatcherError(
                 f"{index_dir}: model mismatch: the index was built with {info['spec']} "
                 f"(weights {info['fingerprint']}, dim {info['dim']}) but the available model is "
