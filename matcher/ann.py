@@ -57,6 +57,12 @@ def _faiss():
         # block of at most 1024 x 32768 floats (128 MB).
         faiss.cvar.distance_compute_blas_query_bs = 1024
         faiss.cvar.distance_compute_blas_database_bs = 32768
+        # Recent faiss (1.15 here) compares queries x dim with this threshold (default 128000; older
+        # versions compared queries with 20), so classic's 279-dim batches took the non-BLAS kernel
+        # below 459 queries: 1.7 vs 0.3 ms per query for 64-400 queries x 100k (docs/BENCHMARKS.md).
+        # BLAS from ~20 queries at any dimension, as before.
+        if faiss.cvar.distance_compute_blas_threshold > 1000:
+            faiss.cvar.distance_compute_blas_threshold = 20 * 256
         _TUNED = True
     return faiss
 
