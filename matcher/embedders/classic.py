@@ -20,8 +20,8 @@ accuracy benchmark (scripts/bench_accuracy.py, docs/BENCHMARKS.md "Accuracy (iss
    too), global histograms are mirror-invariant anyway. The orientation bins are centred on the axes:
    classic-v3 had its bin edges there, so the horizontal and vertical edges of pixel art and cels fell
    into a bin by floating-point noise and a sprite and its mirror could differ by 0.08 in a coordinate
-   (classic-v4: exact up to rounding, and the box blurs are exact sums, ~2x faster than the old cumulative
-   sums; docs/BENCHMARKS.md, "Exact mirror, faster descriptor").
+   (classic-v4: within 0.01, the rest is rounding; its box blurs are plain running sums, ~2x faster than
+   v3's float32 summed-area tables; docs/BENCHMARKS.md, "Exact mirror, faster descriptor").
 4. Missing evidence is "unknown", not "absent": a grey image has no colour blocks and a line-art sketch
    (achromatic, mostly white paper, some dark lines) keeps only its structure blocks. Those blocks are
    zero and the vector is NOT renormalised: every still has the same scale (1 / the norm of all the
