@@ -12,7 +12,9 @@ scoring.py turns neighbours into titles and confidence.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
 from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
 from matcher.sources import Still
-from matcher.store import Reference, ReferenceStore, StoreError
+from matcher.store import IndexExists, Reference, ReferenceStore, StoreError
 
 DEFAULT_INDEX = "index"
 BATCH = 32
@@ -69,9 +71,27 @@ class Matcher:
         }
         try:
             store = ReferenceStore.create(index_dir, info)
+        except IndexExists as exc:
+            raise _Exists(str(exc)) from None
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
+        except (OSError, sqlite3.Error) as exc:
+            raise MatcherError(f"{index_dir}: cannot create the index ({exc})") from None
         return cls(store, embedder)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """The index's writer lock for one whole change; store problems become one-line errors."""
+        try:
+            with self.store.writing():
+                yield
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+        except sqlite3.Error as exc:
+            raise MatcherError(f"{self.store.root}: cannot write the index ({exc})") from None
+        except OSError as exc:
+            where = exc.filename or self.store.root
+            raise MatcherError(f"{where}: cannot write the index ({exc.strerror or exc})") from None
 
     @classmethod
     def open(
@@ -88,8 +108,14 @@ class Matcher:
         index_dir = default_index_dir(index_dir)
         try:
             store = ReferenceStore.open(index_dir)
+            # a damaged calibration is refused here, not as a traceback in the middle of a run
+            Calibration.from_dict(store.manifest.get("calibration"))
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise MatcherError(
+                f"{index_dir / 'manifest.json'}: damaged manifest: unusable 'calibration' ({exc})"
+            ) from None
         info = store.manifest["embedder"]
         embedder = cls._embedder(
             info["spec"],
@@ -117,15 +143,18 @@ class Matcher:
     def open_or_create(cls, index_dir, model: str | None = None, **options) -> Matcher:
         """Open ``index_dir`` if it holds an index (checking ``model`` agrees), else create it."""
         index_dir = default_index_dir(index_dir)
-        if (index_dir / "manifest.json").exists():
-            m = cls.open(index_dir, **options)
-            if model is not None and not _same_model(model, m.embedder.spec):
-                raise MatcherError(
-                    f"{index_dir}: model mismatch: the index uses {m.embedder.spec}, not {model}; "
-                    f"use a new --index directory for another model"
-                )
-            return m
-        return cls.create(index_dir, model=model or "classic", **options)
+        if not (index_dir / "manifest.json").exists():
+            try:
+                return cls.create(index_dir, model=model or "classic", **options)
+            except _Exists:
+                pass  # another writer created it first: append to it
+        m = cls.open(index_dir, **options)
+        if model is not None and not _same_model(model, m.embedder.spec):
+            raise MatcherError(
+                f"{index_dir}: model mismatch: the index uses {m.embedder.spec}, not {model}; "
+                f"use a new --index directory for another model"
+            )
+        return m
 
     @staticmethod
     def _embedder(model, **options) -> Embedder:
@@ -155,6 +184,10 @@ class Matcher:
         first one raises."""
         if not title or not title.strip():
             raise MatcherError("a title is required")
+        with self._writing():
+            return self._add(items, title, episode, every, names, on_error, seed)
+
+    def _add(self, items, title, episode, every, names, on_error, seed) -> int:
         self._probes()  # a damaged probe file stops the add before any still is decoded
         rng = np.random.default_rng(seed + self.store.count)
         n_probes = calibration.probes_per_title(len(set(self.store.titles()) | {title}))
@@ -251,23 +284,25 @@ class Matcher:
             unknown_share = (self.store.manifest.get("calibration") or {}).get("unknown_share", 0.5)
         if not 0.0 < unknown_share < 1.0:
             raise MatcherError(f"unknown share must be between 0 and 1 (exclusive), not {unknown_share}")
-        self._probes()
-        cal = calibration.fit(
-            self.store,
-            k=self.k,
-            coverage=getattr(self.embedder, "coverage", None),
-            unknown_share=unknown_share,
-        )
-        self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
+        with self._writing():
+            self._probes()
+            cal = calibration.fit(
+                self.store,
+                k=self.k,
+                coverage=getattr(self.embedder, "coverage", None),
+                unknown_share=unknown_share,
+            )
+            self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
         self._scorer = None
         return cal
 
     def remove(self, title: str) -> int:
         """Remove every still of a title; recalibrates and saves. Returns how many were removed."""
-        self._probes()
-        n = self.store.remove_title(title)
-        if n:
-            self.recalibrate()
+        with self._writing():
+            self._probes()
+            n = self.store.remove_title(title)
+            if n:
+                self.recalibrate()
         return n
 
     # ------------------------------------------------------------------ matching
@@ -353,6 +388,10 @@ class Matcher:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Exists(MatcherError):
+    """Matcher.create lost a race: another writer created the index first."""
 
 
 def _same_model(requested: str, recorded: str) -> bool:

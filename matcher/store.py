@@ -2,24 +2,34 @@
 
 Layout of an index directory::
 
-    manifest.json            the commit point: format, embedder, dim, generation, calibration, threshold
-    metadata.sqlite          one row per reference still (title, episode, source, sha256, timestamp)
+    manifest.json            the commit point: format, embedder, dim, generation, calibration, threshold,
+                             and the sha256 and size of every file below
+    metadata-<gen>.sqlite    one row per reference still (title, episode, source, sha256, timestamp)
     vectors-<gen>.faiss      FAISS index, ids = SQLite row ids
     probes-<gen>.npz         pseudo-query vectors the scorer calibrates on (see scoring.py)
+    index.lock               held by the one process writing (`filelock`); readers never take it
 
-Saves are atomic: a new generation's files are written under new names, then `manifest.json` is
-replaced in one rename. SQLite rows carry the generation that added/removed them, so a crash at any
-point leaves the previous generation intact and the half-written rows are ignored (and purged on the
-next open). No pickle anywhere: an index may travel between investigators.
+Every file of a generation is written once under a new name and never changed afterwards; the new
+generation becomes current when `manifest.json` is replaced in one rename. A crash at any point
+leaves the previous generation intact; what it left half-written is deleted by the next writer,
+under the lock. Readers never write: they open the files of the generation the manifest names,
+check each against its recorded sha256 and size (memoised per file identity in the user's cache, so
+`match cel.png` does not re-read a large index) and refuse the index on any mismatch, missing file
+or malformed field. No pickle anywhere: an index may travel between investigators.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
+import re
 import sqlite3
+import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +38,23 @@ import numpy as np
 
 from matcher import ann
 
-FORMAT_VERSION = 1
+#: 2: per-generation metadata files and a sha256 of every file in the manifest.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-DATABASE = "metadata.sqlite"
+LOCK = "index.lock"
+#: Seconds a second writer waits for the first before giving up ($MATCHER_LOCK_TIMEOUT).
+DEFAULT_LOCK_TIMEOUT = 600.0
+#: Names of the files a generation consists of (the manifest fields that hold them).
+FILE_FIELDS = {"vectors": "vectors-{}.faiss", "probes": "probes-{}.npz", "metadata": "metadata-{}.sqlite"}
+_STALE = re.compile(r"^(vectors-.*\.faiss|probes-.*\.npz|metadata.*\.sqlite|manifest\.json)(\..*)?$")
 
 
 class StoreError(Exception):
     """The index directory is missing, corrupt, or incompatible; str() is a one-line reason."""
+
+
+class IndexExists(StoreError):
+    """`create` found a committed index (another writer may have created it first)."""
 
 
 @dataclass
@@ -74,6 +94,168 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _text(value):
+    """SQLite stores UTF-8 only: a name that is not UTF-8 (surrogate escapes from the file system) is
+    kept with its undecodable bytes written as \\xNN, as the dump reports write them."""
+    if isinstance(value, str):
+        return os.fsencode(value).decode("utf-8", "backslashreplace") if _has_surrogates(value) else value
+    return value
+
+
+def _has_surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+# ------------------------------------------------------------------------------------ file checksums
+def _cache_path() -> Path:
+    explicit = os.environ.get("MATCHER_HASH_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "matcher" / "index-hashes.json"
+
+
+_CACHE_ENTRIES = 1024
+
+
+def _identity(path: Path, st: os.stat_result) -> str:
+    # ctime too: it cannot be set back by a user (utime sets mtime and atime only), so a file edited
+    # and then given back its mtime is still hashed again.
+    return f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+
+def _load_cache() -> dict:
+    try:
+        data = json.loads(_cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(updates: dict) -> None:
+    """Remember sha256s by file identity, outside the index (readers never write there). Best
+    effort: a cache that cannot be written only costs hashing again next time."""
+    path = _cache_path()
+    try:
+        cache = _load_cache()
+        cache.update(updates)
+        if len(cache) > _CACHE_ENTRIES:
+            cache = dict(list(cache.items())[-_CACHE_ENTRIES:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: Path, cache: dict | None = None, updates: dict | None = None) -> tuple[str, int]:
+    """(sha256, size) of a file, from the cache when its identity (inode, size, mtime, ctime) is
+    unchanged since it was last hashed."""
+    st = os.stat(path)
+    key = _identity(path, st)
+    if cache is not None and isinstance(cache.get(key), str):
+        return cache[key], st.st_size
+    digest = _sha256_file(path)
+    if os.stat(path).st_mtime_ns == st.st_mtime_ns and updates is not None:
+        updates[key] = digest
+    return digest, st.st_size
+
+
+# ------------------------------------------------------------------------------------ manifest checks
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_manifest(manifest, mpath: Path) -> None:
+    """Raise StoreError naming the first malformed field: an edited or damaged manifest is refused,
+    never interpreted (a wrong generation or null vectors would silently answer everything unknown)."""
+
+    def bad(field: str, what: str) -> StoreError:
+        value = manifest.get(field) if isinstance(manifest, dict) else manifest
+        return StoreError(f"{mpath}: damaged manifest: {field!r} {what} (found {json.dumps(value)[:60]})")
+
+    if not isinstance(manifest, dict) or "format_version" not in manifest:
+        raise StoreError(f"{mpath}: not a matcher index manifest")
+    fv = manifest["format_version"]
+    if not _is_int(fv):
+        raise bad("format_version", "must be an integer")
+    if fv == 1:
+        raise StoreError(
+            f"{mpath.parent}: index format 1 has no file checksums and cannot be verified; "
+            f"rebuild it with this version (matcher index add into a new --index)"
+        )
+    if fv != FORMAT_VERSION:
+        raise StoreError(
+            f"{mpath.parent}: index format {fv} is not supported by this version "
+            f"(reads format {FORMAT_VERSION})"
+        )
+    emb = manifest.get("embedder")
+    if not isinstance(emb, dict) or not isinstance(emb.get("spec"), str) or not emb.get("spec"):
+        raise bad("embedder", "must be an object with a 'spec'")
+    if not isinstance(emb.get("fingerprint"), str):
+        raise StoreError(f"{mpath}: damaged manifest: 'embedder' has no 'fingerprint'")
+    if not (emb.get("pretrained") is None or isinstance(emb.get("pretrained"), str)):
+        raise StoreError(f"{mpath}: damaged manifest: 'embedder.pretrained' must be a string or null")
+    dim = manifest.get("dim")
+    if not _is_int(dim) or dim <= 0 or emb.get("dim") != dim:
+        raise bad("dim", "must be a positive integer equal to embedder.dim")
+    gen = manifest.get("generation")
+    if not _is_int(gen) or gen < 1:
+        raise bad("generation", "must be an integer >= 1")
+    count = manifest.get("count")
+    if not _is_int(count) or count < 0:
+        raise bad("count", "must be an integer >= 0")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("files", "must be an object of checksums")
+    for field, pattern in FILE_FIELDS.items():
+        if manifest.get(field) != pattern.format(gen):
+            raise bad(field, f"must be {pattern.format(gen)!r} in generation {gen}")
+    if set(files) != {pattern.format(gen) for pattern in FILE_FIELDS.values()}:
+        raise StoreError(f"{mpath}: damaged manifest: 'files' does not list the files of generation {gen}")
+    for name, entry in files.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+            or not _is_int(entry.get("size"))
+        ):
+            raise StoreError(f"{mpath}: damaged manifest: checksum of {name} is malformed")
+    if not isinstance(manifest.get("search"), dict):
+        raise bad("search", "must be an object")
+    if not (manifest.get("calibration") is None or isinstance(manifest.get("calibration"), dict)):
+        raise bad("calibration", "must be an object or null")
+    thr = manifest.get("threshold")
+    if not (thr is None or (isinstance(thr, (int, float)) and not isinstance(thr, bool) and 0 <= thr <= 1)):
+        raise bad("threshold", "must be a number between 0 and 1, or null")
+
+
+def lock_timeout() -> float:
+    raw = os.environ.get("MATCHER_LOCK_TIMEOUT")
+    if raw is None or raw == "":
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"MATCHER_LOCK_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise StoreError(f"MATCHER_LOCK_TIMEOUT={raw!r} must be >= 0 seconds")
+    return value
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,6 +272,13 @@ CREATE INDEX IF NOT EXISTS refs_title ON refs(title);
 """
 
 
+def _read_only_db(path: Path) -> sqlite3.Connection:
+    """Open a committed metadata file without ever writing to it (immutable: no journal, no lock
+    file, nothing created when it is missing)."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
+    return sqlite3.connect(uri, uri=True)
+
+
 class ReferenceStore:
     """Reference stills of known productions: vectors for search, metadata for evidence."""
 
@@ -103,16 +292,27 @@ class ReferenceStore:
         self._probes = probes
         self._dirty = False
         self._mapped = False  # True while the index is a read-only memory map of its file
+        self._db_copy = False  # True once self.db is the next generation's (writable) copy
+        self._lock = None  # filelock.FileLock while this process is the index's writer
+        self._implicit_lock = False  # taken by a write call, released by the save that commits it
+        self._probes_file = None  # the generation's probe file, open from `open` on
+        #: sha256 of the manifest as opened: with the file checksums it holds, it pins every byte
+        #: of the generation (the report's custody fingerprint)
+        self.fingerprint: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
     def create(cls, root: str | os.PathLike, embedder: dict) -> ReferenceStore:
-        """A new empty store; ``embedder`` is {spec, pretrained, fingerprint, dim}."""
+        """A new empty store; ``embedder`` is {spec, pretrained, fingerprint, dim}. The store holds
+        the writer lock until `close`."""
 
         root = Path(root)
-        if (root / MANIFEST).exists():
-            raise StoreError(f"{root}: an index already exists here")
-        root.mkdir(parents=True, exist_ok=True)
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: not a directory (an index is a directory)")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{root}: cannot create the index directory ({exc.strerror or exc})") from None
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -122,61 +322,218 @@ class ReferenceStore:
             "count": 0,
             "vectors": None,
             "probes": None,
+            "metadata": None,
+            "files": {},
             "search": {"kind": "exact"},
             "calibration": None,
             "threshold": None,
         }
-        db = cls._connect(root)
-        index = ann.exact_index(manifest["dim"])
-        store = cls(root, manifest, index, db, _empty_probes(manifest["dim"]))
-        store._dirty = True
-        store.save()
+        store = cls(root, manifest, ann.exact_index(manifest["dim"]), None, _empty_probes(manifest["dim"]))
+        store._acquire(implicit=True)  # released by the first save
+        try:
+            if (root / MANIFEST).exists():
+                raise IndexExists(f"{root}: an index already exists here")
+            leftovers = sorted(p.name for p in root.iterdir() if _STALE.match(p.name))
+            if leftovers:
+                # e.g. a deleted manifest.json: starting afresh would throw the old index away
+                raise StoreError(
+                    f"{root}: holds index files ({', '.join(leftovers[:3])}) but no {MANIFEST}; "
+                    f"refusing to overwrite a damaged index: restore its manifest or use another --index"
+                )
+            store.db = sqlite3.connect(store._db_tmp_path())
+            store.db.executescript(_SCHEMA)
+            store._db_copy = True
+            store._dirty = True
+            store.save()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> ReferenceStore:
-
+    def open(cls, root: str | os.PathLike, writable: bool = False) -> ReferenceStore:
+        """Open the committed generation, verified file by file. A reader never writes to the index;
+        ``writable`` takes the writer lock first (waiting for another writer, see `lock_timeout`)."""
         root = Path(root)
+        if writable:
+            store = cls(root, {}, None, None, None)
+            store._acquire(implicit=False)
+            try:
+                store._load()
+                store._purge()
+            except BaseException:
+                store.close()
+                raise
+            return store
+        store = cls(root, {}, None, None, None)
+        store._load()
+        return store
+
+    def _load(self) -> None:
+        """Read the manifest and the files it names. A writer may commit a new generation and delete
+        the old files between the two: then the new manifest is read and the load retried."""
+        for attempt in range(5):
+            raw = self._read_manifest()
+            try:
+                self._load_generation(raw)
+                return
+            except FileNotFoundError as exc:
+                if attempt < 4 and self._manifest_bytes() != raw:
+                    continue
+                raise StoreError(f"{exc.filename}: missing index file (named by {MANIFEST})") from None
+
+    def _manifest_bytes(self) -> bytes | None:
+        try:
+            return (self.root / MANIFEST).read_bytes()
+        except OSError:
+            return None
+
+    def _read_manifest(self) -> bytes:
+        root = self.root
         mpath = root / MANIFEST
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root}: not an index directory (it is a file)")
         if not mpath.is_file():
             raise StoreError(
                 f"{root}: no index here (missing {MANIFEST}); build one with 'matcher index add'"
             )
         try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{mpath}: corrupt manifest ({exc})") from None
-        if not isinstance(manifest, dict) or "format_version" not in manifest:
-            raise StoreError(f"{mpath}: not a matcher index manifest")
-        if manifest["format_version"] != FORMAT_VERSION:
-            raise StoreError(
-                f"{root}: index format {manifest['format_version']} is not supported by this version "
-                f"(reads format {FORMAT_VERSION})"
-            )
-        dim = int(manifest["dim"])
-        mapped = False
-        if manifest.get("vectors"):
-            vpath = root / manifest["vectors"]
-            try:
-                # Large indexes open memory-mapped (read-only, shared page cache); `_writable`
-                # reloads them into memory before the first add/remove.
-                mapped = vpath.stat().st_size >= ann.MMAP_MIN_BYTES
-                index = ann.read_index(vpath, mmap=mapped)
-            except Exception as exc:
-                raise StoreError(f"{vpath}: corrupt or missing vector file ({exc})") from None
-            if index.d != dim or index.ntotal != manifest["count"]:
-                raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
-        else:
-            index = ann.exact_index(dim)
+            return mpath.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{mpath}: cannot read manifest ({exc.strerror or exc})") from None
+
+    def _load_generation(self, raw: bytes) -> None:
+        mpath = self.root / MANIFEST
         try:
-            db = cls._connect(root)
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"{mpath}: corrupt manifest ({exc})") from None
+        check_manifest(manifest, mpath)
+        cache, updates = _load_cache(), {}
+        for name, want in manifest["files"].items():
+            path = self.root / name
+            st = os.stat(path)  # FileNotFoundError: retried by _load
+            if st.st_size != want["size"]:
+                raise StoreError(
+                    f"{path}: index file damaged: {st.st_size} bytes, the manifest recorded {want['size']}"
+                )
+            try:
+                digest, _ = file_digest(path, cache, updates)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot read index file ({exc.strerror or exc})") from None
+            if digest != want["sha256"]:
+                raise StoreError(
+                    f"{path}: index file damaged: its sha256 differs from the one recorded in {MANIFEST}"
+                )
+        if updates:
+            _save_cache(updates)
+        dim = int(manifest["dim"])
+        vpath = self.root / manifest["vectors"]
+        try:
+            # Large indexes open memory-mapped (read-only, shared page cache); `_writable`
+            # reloads them into memory before the first add/remove.
+            mapped = vpath.stat().st_size >= ann.MMAP_MIN_BYTES
+            index = ann.read_index(vpath, mmap=mapped)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{vpath}: corrupt or missing vector file ({exc})") from None
+        if index.d != dim or index.ntotal != manifest["count"]:
+            raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
+        dbpath = self.root / manifest["metadata"]
+        if not dbpath.is_file():
+            raise FileNotFoundError(2, "missing", str(dbpath))
+        try:
+            db = _read_only_db(dbpath)
             db.execute("SELECT count(*) FROM refs").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{root / DATABASE}: corrupt metadata database ({exc})") from None
-        store = cls(root, manifest, index, db, None)
-        store._mapped = mapped
-        store._recover()
-        return store
+            raise StoreError(f"{dbpath}: corrupt metadata database ({exc})") from None
+        # held open, so that a writer deleting this generation's files later cannot take them away
+        probes_file = open(self.root / manifest["probes"], "rb")
+        if self.db is not None:
+            self.db.close()
+        self.manifest, self.index, self.db = manifest, index, db
+        self._probes, self._probes_file = None, probes_file
+        self._mapped, self._dirty, self._db_copy = mapped, False, False
+        self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()
+        self.__dict__.pop("_end_column", None)
+
+    # ---------------------------------------------------------------- the writer lock
+    def _acquire(self, implicit: bool = True) -> None:
+        """Become the index's one writer. A second writer waits (saying so on stderr) up to
+        $MATCHER_LOCK_TIMEOUT seconds, then gives up with a StoreError. Once held, the state is
+        reloaded if another writer committed a generation since this store was opened."""
+        if self._lock is not None and self._lock.is_locked:
+            return
+        import filelock
+
+        timeout = lock_timeout()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root}: not an index directory (it is a file)")
+        lock = filelock.FileLock(str(self.root / LOCK))
+        try:
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                if timeout > 0:
+                    print(
+                        f"matcher: another matcher is writing to {self.root}; waiting up to {timeout:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                try:
+                    lock.acquire(timeout=timeout)
+                except filelock.Timeout:
+                    raise StoreError(
+                        f"{self.root}: another matcher is writing to this index (waited {timeout:.0f} s); "
+                        f"try again when it has finished"
+                    ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"{self.root}: cannot write to this index ({exc.strerror or exc}); "
+                f"it can be read, not changed"
+            ) from None
+        self._lock, self._implicit_lock = lock, implicit
+        try:
+            if self.manifest.get("generation"):  # opened before: has a writer committed since?
+                if self._manifest_bytes() is None or (
+                    "sha256:" + hashlib.sha256(self._manifest_bytes()).hexdigest() != self.fingerprint
+                ):
+                    if self._dirty:
+                        raise StoreError(f"{self.root}: the index changed while this change was prepared")
+                    self._load()
+                self._purge()
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
+        self._implicit_lock = False
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold the writer lock for a whole change (add + recalibrate + save)."""
+        held = self._lock is not None and self._lock.is_locked
+        self._acquire(implicit=False)
+        try:
+            yield self
+        finally:
+            if not held:
+                self._release()
+
+    def _purge(self) -> None:
+        """Delete what no committed generation needs: files a crashed writer left half-written and
+        the files of superseded generations. Only ever run by the writer, under the lock."""
+        keep = set(self.manifest.get("files") or ()) | {MANIFEST, LOCK}
+        for p in self.root.iterdir():
+            if p.name not in keep and _STALE.match(p.name):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
     @property
     def probes(self) -> dict:
@@ -189,7 +546,8 @@ class ReferenceStore:
             if name:
                 ppath = self.root / name
                 try:
-                    with np.load(ppath, allow_pickle=False) as z:
+                    self._probes_file.seek(0)
+                    with np.load(self._probes_file, allow_pickle=False) as z:
                         probes = {k: z[k] for k in ("vectors", "ref_ids", "titles")}
                         # indexes written before sketch probes existed hold altered copies only
                         probes["kinds"] = z["kinds"] if "kinds" in z else np.full(len(z["titles"]), "altered")
@@ -203,40 +561,24 @@ class ReferenceStore:
         self._probes = value
 
     def _writable(self) -> None:
-        """Load a memory-mapped index into memory so that it can be changed."""
+        """Take the writer lock; load a memory-mapped index into memory so that it can be changed;
+        copy the metadata into the next generation's file, which the changes go to."""
+        self._acquire()
         if self._mapped:
             self.index = ann.read_index(self.root / self.manifest["vectors"], mmap=False)
             self._mapped = False
+        if not self._db_copy:
+            copy = sqlite3.connect(self._db_tmp_path())
+            self.db.backup(copy)
+            self.db.close()
+            self.db, self._db_copy = copy, True
 
-    @staticmethod
-    def _connect(root: Path) -> sqlite3.Connection:
-        db = sqlite3.connect(root / DATABASE)
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(refs)")}
-        if "timestamp_end" not in columns:  # indexes written before the time range was kept
-            try:
-                db.execute("ALTER TABLE refs ADD COLUMN timestamp_end REAL")
-            except sqlite3.OperationalError:
-                pass  # read-only: the column reads as missing (None) below
-        return db
-
-    def _recover(self) -> None:
-        """Undo what a crashed save left behind; finish clean-up a completed save left for later."""
-        gen = self.manifest["generation"]
-        try:
-            with self.db:
-                self.db.execute("DELETE FROM refs WHERE added_gen > ?", (gen,))
-                self.db.execute("UPDATE refs SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
-                self.db.execute("DELETE FROM refs WHERE removed_gen <= ?", (gen,))
-        except sqlite3.OperationalError:
-            pass  # read-only index (e.g. evidence on write-protected media): queries filter by generation
-        keep = {self.manifest.get("vectors"), self.manifest.get("probes")}
-        for stale in list(self.root.glob("vectors-*.faiss*")) + list(self.root.glob("probes-*.npz*")):
-            if stale.name not in keep:
-                try:
-                    stale.unlink()
-                except OSError:
-                    pass
+    def _db_tmp_path(self) -> Path:
+        path = self.root / (FILE_FIELDS["metadata"].format(self.manifest["generation"] + 1) + ".tmp")
+        for stale in (path, path.with_name(path.name + "-journal")):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        return path
 
     # ---------------------------------------------------------------- reading
     @functools.cached_property
@@ -251,6 +593,11 @@ class ReferenceStore:
     @property
     def count(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def files(self) -> dict[str, str]:
+        """{file name: sha256} of every file of the opened generation (verified when opened)."""
+        return {name: entry["sha256"] for name, entry in sorted((self.manifest.get("files") or {}).items())}
 
     def _visible(self) -> str:
         g = int(self.manifest["generation"]) + (1 if self._dirty else 0)
@@ -343,7 +690,15 @@ class ReferenceStore:
                 self.db.execute(
                     "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
                     " VALUES (?,?,?,?,?,?,?)",
-                    (r.title, r.episode, r.source, r.sha256, r.timestamp, r.timestamp_end, gen),
+                    (
+                        _text(r.title),
+                        _text(r.episode),
+                        _text(r.source),
+                        r.sha256,
+                        r.timestamp,
+                        r.timestamp_end,
+                        gen,
+                    ),
                 ).lastrowid
                 for r in refs
             ]
@@ -358,6 +713,7 @@ class ReferenceStore:
         if len(ids) == 0:
             return 0
         self._writable()
+        ids = self.ids_of_title(title)  # the lock may have loaded a newer generation
         gen = self.manifest["generation"] + 1
         with self.db:
             self.db.execute(
@@ -372,19 +728,22 @@ class ReferenceStore:
     def set_probes(
         self, vectors: np.ndarray, ref_ids: np.ndarray, titles: np.ndarray, kinds: np.ndarray
     ) -> None:
+        self._acquire()
         self.probes = {
             "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
             "ref_ids": np.asarray(ref_ids, dtype=np.int64),
-            "titles": np.asarray(titles, dtype=str),
+            "titles": np.asarray([_text(str(t)) for t in np.asarray(titles).reshape(-1)], dtype=str),
             "kinds": np.asarray(kinds, dtype=str),  # "altered" (make_probe) or "sketch" (make_sketch)
         }
         self._dirty = True
 
     def save(self, **manifest_updates) -> None:
-        """Write a new generation atomically (files first, manifest rename last)."""
+        """Write a new generation atomically (files first, manifest rename last), under the lock."""
 
         if not self._dirty and not manifest_updates:
             return
+        self.probes  # noqa: B018 - read before _writable swaps the files (a reload would drop them)
+        self._writable()
         gen = self.manifest["generation"] + 1
         manifest = dict(self.manifest, **manifest_updates)
         if ann.should_rebuild(self.index, manifest.get("search")):
@@ -396,26 +755,51 @@ class ReferenceStore:
             del vectors, ids
         elif ann.describe(self.index)["kind"] == "exact":  # keep a fallback's note and size
             manifest["search"] = {**(manifest.get("search") or {}), **ann.describe(self.index)}
-        manifest.update(generation=gen, count=int(self.index.ntotal), vectors=f"vectors-{gen}.faiss")
-        vpath = self.root / manifest["vectors"]
+        names = {field: pattern.format(gen) for field, pattern in FILE_FIELDS.items()}
+        manifest.update(generation=gen, count=int(self.index.ntotal), **names)
+        vpath = self.root / names["vectors"]
         tmp = vpath.with_name(vpath.name + ".tmp")
         ann.write_index(self.index, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, vpath)
-        manifest["probes"] = f"probes-{gen}.npz"
-        ppath = self.root / manifest["probes"]
+        ppath = self.root / names["probes"]
         with open(ppath.with_name(ppath.name + ".tmp"), "wb") as f:
             np.savez(f, **self.probes)
             f.flush()
             os.fsync(f.fileno())
         os.replace(ppath.with_name(ppath.name + ".tmp"), ppath)
+        # The metadata of the new generation: rows removed in it are dropped (the previous
+        # generation keeps them in its own file until the manifest moves on).
+        with self.db:
+            self.db.execute("DELETE FROM refs WHERE removed_gen IS NOT NULL AND removed_gen <= ?", (gen,))
+        self.db.close()
+        dbtmp = self.root / (names["metadata"] + ".tmp")
+        with open(dbtmp, "rb+") as f:
+            os.fsync(f.fileno())
+        dbpath = self.root / names["metadata"]
+        os.replace(dbtmp, dbpath)
+        updates: dict = {}
+        manifest["files"] = {}
+        for name in names.values():
+            digest, size = file_digest(self.root / name, None, updates)
+            manifest["files"][name] = {"sha256": digest, "size": size}
+        _save_cache(updates)
         _fsync_dir(self.root)
-        _fsync_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        _fsync_write(self.root / MANIFEST, raw)
         _fsync_dir(self.root)
         self.manifest = manifest
-        self._dirty = False
-        self._recover()  # the new generation is committed: purge rows/files the old one needed
+        self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()
+        self.db = _read_only_db(dbpath)
+        if self._probes_file is not None:
+            self._probes_file.close()
+        self._probes_file = open(ppath, "rb")
+        self._dirty = self._db_copy = False
+        self.__dict__.pop("_end_column", None)
+        self._purge()  # the new generation is committed: the old one's files are not needed
+        if self._implicit_lock:
+            self._release()
 
     def info(self) -> dict:
         """Titles, counts, model, search kind, calibration and size: what `index info` shows.
@@ -440,13 +824,21 @@ class ReferenceStore:
             "size_bytes": self.size_on_disk(),
             "format_version": m["format_version"],
             "generation": m["generation"],
+            "fingerprint_of_index": self.fingerprint,
+            "files": self.files,
         }
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
 
     def close(self) -> None:
-        self.db.close()
+        """Close the files; a writer gives up its lock (uncommitted changes are dropped)."""
+        if self.db is not None:
+            self.db.close()
+        if self._probes_file is not None:
+            self._probes_file.close()
+            self._probes_file = None
+        self._release()
 
 
 def _empty_probes(dim: int) -> dict:
