@@ -10,6 +10,7 @@ Run-level problems print one line on stderr and exit 2; per-file problems are re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import typer
 
 from matcher.api import Matcher, MatcherError, default_index_dir
+from matcher.results import json_line, safe_text
 
 app = typer.Typer(
     help="Tell which animated production a frame belongs to.",
@@ -37,8 +39,20 @@ ModelsOpt = typer.Option(
 
 
 def _die(message: str, code: int = 2) -> None:
-    typer.echo(f"matcher: error: {message}", err=True)
+    typer.echo(f"matcher: error: {safe_text(message)}", err=True)
     raise typer.Exit(code)
+
+
+@app.callback()
+def _check_environment() -> None:
+    """Settings from the environment are checked before any command runs."""
+    from matcher.sources import MAX_PIXELS_PROBLEM
+
+    for stream in (sys.stdout, sys.stderr):  # a name the terminal cannot encode is escaped, not fatal
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
+    if MAX_PIXELS_PROBLEM:
+        _die(MAX_PIXELS_PROBLEM)
 
 
 @index_app.command("add")
@@ -62,7 +76,7 @@ def index_add(
 
     def report(exc):
         problems.append(exc)
-        typer.echo(f"matcher: skipped {exc}", err=True)
+        typer.echo(f"matcher: skipped {safe_text(exc)}", err=True)
 
     try:
         m = Matcher.open_or_create(
@@ -73,7 +87,7 @@ def index_add(
         _die(str(exc))
     info = m.info()
     typer.echo(
-        f"added {n} stills of {title!r} to {info['index']} "
+        f"added {n} stills of {safe_text(repr(title))} to {safe_text(info['index'])} "
         f"({info['references']} references, {len(info['titles'])} titles, model {info['model']})"
     )
     if problems:
@@ -167,20 +181,20 @@ def index_remove(
 
 def _format_row(r) -> str:
     if r.error:
-        return f"{r.path}\tERROR\t{r.error}"
+        return f"{safe_text(r.path)}\tERROR\t{safe_text(r.error)}"
     where = f"@{r.timestamp:.1f}s" if r.timestamp is not None else ""
     title = r.title if r.title is not None else "unknown"
     best = r.candidates[0] if r.candidates else None
     runner = r.candidates[1] if len(r.candidates) > 1 else None
     ev = next((e for e in r.evidence if r.candidates and e.title == r.candidates[0].title), None)
-    parts = [f"{r.path}{where}", title, f"{r.confidence:.2f}"]
+    parts = [f"{safe_text(r.path)}{where}", safe_text(title), f"{r.confidence:.2f}"]
     if r.title is None and best is not None:
-        parts.append(f"nearest: {best.title}")
+        parts.append(f"nearest: {safe_text(best.title)}")
     if runner is not None:
-        parts.append(f"next: {runner.title} {runner.score:.2f}")
+        parts.append(f"next: {safe_text(runner.title)} {runner.score:.2f}")
     if ev is not None:
         at = f" @{ev.timestamp:.1f}s" if ev.timestamp is not None else ""
-        parts.append(f"evidence: {ev.reference}{at} sim {ev.similarity:.3f}")
+        parts.append(f"evidence: {safe_text(ev.reference)}{at} sim {ev.similarity:.3f}")
     return "\t".join(parts)
 
 
@@ -208,6 +222,12 @@ def match_cmd(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Dump mode: no progress bar."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Dump mode: decode processes."),
+    new_section: bool = typer.Option(
+        False,
+        "--new-section",
+        help="Dump mode: start a new section of an existing report (another index or options) instead "
+        "of resuming it; every file is matched again.",
+    ),
 ) -> None:
     """Match frames against the index: best title, confidence and evidence for each input.
 
@@ -231,12 +251,13 @@ def match_cmd(
             workers=workers,
             min_confidence=min_confidence,
             as_json=as_json,
+            new_section=new_section,
         )
         raise typer.Exit(code)
     if not as_json:
         typer.echo("path\ttitle\tconfidence\tdetails")
     for result in m.match_many(paths, min_confidence=min_confidence, every=every):
-        line = json.dumps(result.to_dict(), ensure_ascii=False) if as_json else _format_row(result)
+        line = json_line(result.to_dict()) if as_json else _format_row(result)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

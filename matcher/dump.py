@@ -44,12 +44,14 @@ from typing import Any
 
 from matcher import report as rpt
 from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
+    DEEP_MODES,
     IMAGE_FORMATS,
     MAX_PIXELS,
     Entry,
     display,
     link_entry,
     sniff_bytes,
+    to_8bit,
 )
 from matcher.sources import walk_dump as walk
 
@@ -64,6 +66,8 @@ STILL_SIDE = 512
 SEGMENT = 32
 #: Frames of one animation or pages of one TIFF matched at most (the rest are noted in the reason).
 MAX_FRAMES = 2000
+#: Seconds an interrupted run has to close its workers and files before it exits regardless.
+TERM_GRACE = 10.0
 
 
 # ==================================================================================================
@@ -117,6 +121,8 @@ def _reduce(im, side: int):
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         bg.alpha_composite(im)
         im = bg
+    if im.mode in DEEP_MODES:
+        im = to_8bit(im)  # 16-bit / float: scaled, not clipped to white
     if im.mode != "RGB":
         try:
             im = im.convert("RGB")
@@ -289,6 +295,12 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
                 if task.thumb is None and ft >= seg_end:
                     more = int(math.floor(ft / every + 1e-9))
                     break
+                # the codec context's size is only the header's claim: each frame can differ
+                if frame.width * frame.height > lim.max_pixels:
+                    raise FileProblem(
+                        f"video frame at {ft:.3f} s is {frame.width}x{frame.height}, over the "
+                        f"{lim.max_pixels / 1e6:.0f} Mpx limit (the header said {w}x{h})"
+                    )
                 still = _reduce(frame.to_image(), lim.still_side)
                 out["parts"].append(({"record": rpt.STILL, "timestamp": round(float(ft), 3)}, still, None))
                 got += 1
@@ -388,17 +400,13 @@ def _data_uri(im, side: int = 160) -> str:
 _TRANSFORM = None
 
 
-def _worker_init(transform=None) -> None:
+def _worker_init(transform=None, parent_pid: int | None = None) -> None:
     global _TRANSFORM
     _TRANSFORM = transform
-    if sys.platform.startswith("linux"):  # die with the parent, even when it is SIGKILLed
-        with contextlib.suppress(Exception):
-            import ctypes
-            import signal
+    if parent_pid is not None:  # die with the parent, even when it is SIGKILLed
+        from matcher.pipeline import die_with_parent
 
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-            if os.getppid() == 1:
-                os._exit(0)
+        die_with_parent(parent_pid)
     for fd in list(rpt.OPEN_FDS):  # inherited by fork: the report belongs to the parent only
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -437,7 +445,10 @@ class DecodePool:
                 with contextlib.suppress(Exception):
                     stream.flush()
             self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=self.ctx, initializer=_worker_init, initargs=(self.transform,)
+                self.workers,
+                mp_context=self.ctx,
+                initializer=_worker_init,
+                initargs=(self.transform, os.getpid()),
             )
         return self.pool
 
@@ -673,6 +684,7 @@ class DumpRun:
         on_record: Callable[[dict], None] | None = None,
         min_confidence: float | None = None,
         fsync: bool = True,
+        new_section: bool = False,
     ):
         self.root = Path(root)
         self.matcher = matcher
@@ -688,6 +700,7 @@ class DumpRun:
         self.on_record = on_record
         self.min_confidence = min_confidence
         self.fsync = fsync
+        self.new_section = new_section
         self.memory_records: list[dict] = []
         self.embed_fn = None
         self.stats = DumpStats()
@@ -758,15 +771,19 @@ class DumpRun:
             info["index_generation"] = meta.get("generation")
             info["index_references"] = meta.get("references")
             info["index_titles"] = len(meta.get("titles") or {})
-            manifest = Path(meta["index"]) / "manifest.json"
-            # the manifest names the generation's vector/metadata files and the calibration: its
-            # hash pins the exact index state the verdicts came from
-            info["index_fingerprint"] = "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+        store = getattr(m, "store", None)
+        if getattr(store, "fingerprint", None):
+            # sha256 of the manifest as opened, which holds the sha256 of every file of the
+            # generation (each verified when the index was opened): it pins every byte the verdicts
+            # came from. The files' own hashes are listed too.
+            info["index_fingerprint"] = store.fingerprint
+            info["index_files"] = store.files
         info["dump_root"] = str(self.root.resolve())
         info["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         info["every_s"] = self.limits.every
         info["all_frames"] = self.limits.all_frames
         info["max_pixels"] = self.limits.max_pixels
+        info["min_confidence"] = self.min_confidence
         info.update(self.custody_extra)
         return info
 
@@ -817,11 +834,25 @@ class DumpRun:
         self.progress = None
         ok = False
         try:
-            if self.csv_path:
-                self.csvw = rpt.CsvReport(self.csv_path, source=self.out)
+            for path, kind in ((self.csv_path, "csv"), (self.html, "html")):
+                if path:
+                    rpt.check_ours(path, kind)  # before any work, not after the whole dump
             custody = self._custody()
+            previous = self.report.section_run if self.report is not None else None
+            if previous is not None and not self.new_section:
+                diff = rpt.run_difference(previous, custody)
+                if diff:
+                    raise rpt.ReportError(
+                        f"{self.out}: not resumed: {diff}; use another --out, or --new-section to "
+                        f"add a separate section to this report"
+                    )
+            if self.new_section and previous is not None:
+                # the verdicts above it do not count as done: every file is matched again
+                custody = {**custody, "new_section": True}
             self.custody_info = custody
             self._write({"record": rpt.RUN, **custody})
+            if self.csv_path:  # mirrors the report's current section
+                self.csvw = rpt.CsvReport(self.csv_path, source=self.out)
             # Two walks, so that memory does not grow with the dump: one to count (for the progress
             # bar's ETA), one streamed into the decode window.
             total = sum(1 for _ in walk(self.root))
@@ -836,7 +867,7 @@ class DumpRun:
             if self.out:
 
                 def records():
-                    return rpt.read_records(self.out)
+                    return rpt.section_records(self.out)
             else:
 
                 def records():
@@ -1181,6 +1212,7 @@ def cli_main(
     workers: int | None = None,
     min_confidence: float | None = None,
     as_json: bool = False,
+    new_section: bool = False,
 ) -> int:
     """`matcher match DUMP_DIR --out ...`: run, print the summary, return the exit code.
 
@@ -1195,12 +1227,16 @@ def cli_main(
         what = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
         err(f"{what}: --out/--csv/--html take exactly one dump directory")
         return 2
+    outputs = [os.path.realpath(p) for p in (out, csv, html) if p]
+    if len(set(outputs)) < len(outputs):
+        err("--out, --csv and --html must name three different files")
+        return 2
     on_record = None
     if as_json:
-        import json
+        from matcher.results import json_line
 
         def on_record(rec: dict) -> None:
-            sys.stdout.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+            sys.stdout.write(json_line(rec) + "\n")
             sys.stdout.flush()
 
     run = DumpRun(
@@ -1215,32 +1251,59 @@ def cli_main(
         workers=workers,
         min_confidence=min_confidence,
         on_record=on_record,
+        new_section=new_section,
     )
     import signal
 
-    def _terminate(signum, frame):  # SIGTERM / SIGHUP: stop like Ctrl-C, the report stays consistent
+    stopping = []
+
+    def _terminate(signum, frame):
+        """SIGTERM / SIGHUP / Ctrl-C: stop like Ctrl-C; the report is consistent at every moment
+        (one write + fsync per line), so what the clean-up cannot finish in TERM_GRACE seconds is
+        cut short: a signal that lands inside the process pool's own locks could otherwise leave the
+        process waiting forever while it holds the report lock. A second signal exits at once."""
+        if stopping:
+            os._exit(130)
+        stopping.append(signum)
+        import threading
+
+        def _deadline():
+            time.sleep(TERM_GRACE)
+            with contextlib.suppress(Exception):
+                sys.stderr.write("matcher: error: interrupted; clean-up took too long, exiting\n")
+                sys.stderr.flush()
+            os._exit(130)
+
+        threading.Thread(target=_deadline, name="matcher-exit-deadline", daemon=True).start()
         raise KeyboardInterrupt
 
     previous = {}
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             with contextlib.suppress(ValueError, OSError):  # not the main thread
                 previous[sig] = signal.signal(sig, _terminate)
     try:
-        stats = run.run()
-    except rpt.ReportError as e:
-        err(str(e))
-        return 2
-    except KeyboardInterrupt:
-        err(f"interrupted after {run.stats.written} files; re-run with the same --out to finish")
-        return 130
-    except OSError as e:
-        err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
-        return 2
+        try:
+            stats = run.run()
+        except rpt.ReportError as e:
+            err(str(e))
+            return 2
+        except KeyboardInterrupt:
+            err(f"interrupted after {run.stats.written} files; re-run with the same --out to finish")
+            return 130
+        except OSError as e:
+            err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
+            return 2
+        stopping.append("finished")  # the report is complete: a signal from here on exits at once
+        _print_summary(stats, out, html, as_json)
+        return 0
     finally:
         for sig, handler in previous.items():
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(sig, handler)
+
+
+def _print_summary(stats: DumpStats, out, html, as_json: bool) -> None:
     text = rpt.format_summary(stats.summary)
     text += f"\n{stats.files} entries in {stats.seconds:.1f} s"
     if stats.resumed:
@@ -1250,4 +1313,3 @@ def cli_main(
     if html:
         text += f"; HTML: {html}"
     print(text, file=sys.stderr if as_json else sys.stdout)
-    return 0

@@ -61,9 +61,27 @@ def default_workers(embedder=None) -> int:
 _TRANSFORM = None
 
 
-def _init_worker(transform) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (PR_SET_PDEATHSIG), so that a `match`
+    or `index add` killed by SIGTERM/SIGKILL leaves no decode process behind; exit at once if the
+    parent is already gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def _init_worker(transform, parent_pid: int | None = None) -> None:
     global _TRANSFORM
     _TRANSFORM = transform
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     # Each worker is one decode stream: keep numpy/BLAS single-threaded so workers do not fight.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
@@ -111,7 +129,10 @@ class _Pool:
     def get(self) -> ProcessPoolExecutor:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
-                self.workers, mp_context=self.ctx, initializer=_init_worker, initargs=(self.transform,)
+                self.workers,
+                mp_context=self.ctx,
+                initializer=_init_worker,
+                initargs=(self.transform, os.getpid()),
             )
         return self.pool
 

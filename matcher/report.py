@@ -40,6 +40,7 @@ import io
 import json
 import math
 import os
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -75,6 +76,70 @@ class ReportError(Exception):
     """The report file itself cannot be used (locked by another run, unwritable, not a report)."""
 
 
+#: What each output of ours starts with: a file that does not is never truncated, appended to or
+#: replaced (an --out / --csv / --html mistyped onto evidence must not destroy it).
+_HTML_MARK = b"<title>matcher evidence report</title>"
+
+
+def check_ours(path: str | os.PathLike, kind: str) -> None:
+    """Raise ReportError unless ``path`` is absent, empty, or one of our ``kind`` outputs
+    ('jsonl', 'csv', 'html'). Reads at most the first 64 KiB, without following a link."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ReportError(f"{path}: is a symbolic link; refusing to write a report through it") from None
+        raise ReportError(f"{path}: cannot read the existing file ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReportError(f"{path}: not a regular file; refusing to write a report there")
+        head = os.read(fd, 1 << 16) if st.st_size else b""
+    finally:
+        os.close(fd)
+    if not head:
+        return
+    if kind == "jsonl":
+        first = head.split(b"\n", 1)[0]
+        try:
+            ours = json.loads(first).get("record") == RUN
+        except (ValueError, AttributeError):
+            # the first line torn by a power cut while it was written
+            ours = b"\n" not in head and head.startswith(b'{"record": "run"')
+    elif kind == "csv":
+        ours = head.startswith(",".join(CSV_FIELDS).encode())
+    else:
+        ours = _HTML_MARK in head
+    if not ours:
+        raise ReportError(
+            f"{path}: exists and is not a matcher {kind.upper()} report; refusing to overwrite it "
+            f"(choose another file name)"
+        )
+
+
+#: Fields of a run record that change verdicts: a report is resumed only when they are the same.
+VERDICT_FIELDS = (
+    "index_fingerprint",
+    "model_spec",
+    "model_fingerprint",
+    "min_confidence",
+    "every_s",
+    "all_frames",
+    "max_pixels",
+)
+
+
+def run_difference(previous: dict, current: dict) -> str | None:
+    """The first verdict-changing option in which two run records differ, as words, or None."""
+    for key in VERDICT_FIELDS:
+        if previous.get(key) != current.get(key):
+            return f"{key} was {previous.get(key)!r}, this run has {current.get(key)!r}"
+    return None
+
+
 def part_key(rec: dict) -> tuple:
     """Identity of a part line inside its file: ('still', t) or ('frame', i)."""
     if rec.get("record") == STILL:
@@ -95,6 +160,17 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def section_records(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of the report's last section (from its last ``new_section`` run record on)."""
+    start = 0
+    for n, rec in enumerate(read_records(path)):
+        if rec.get("record") == RUN and rec.get("new_section"):
+            start = n
+    for n, rec in enumerate(read_records(path)):
+        if n >= start:
+            yield rec
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict]:
@@ -132,9 +208,14 @@ class JsonlReport:
         self._parts: dict[tuple[str, str | None], dict[tuple, dict]] = defaultdict(dict)
         self.repaired_bytes = 0
         self.bad_lines = 0
+        #: the run record that opened the report's current section (None: an empty report)
+        self.section_run: dict | None = None
+        check_ours(self.path, "jsonl")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            self.fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644
+            )
         except OSError as e:
             raise ReportError(f"{self.path}: cannot open report: {e.strerror or e}") from None
         try:
@@ -149,6 +230,11 @@ class JsonlReport:
                 raise ReportError(f"{self.path}: report is in use by another matcher run") from None
             raise ReportError(f"{self.path}: cannot lock report: {e.strerror or e}") from None
         OPEN_FDS.add(self.fd)
+        try:
+            check_ours(self.path, "jsonl")  # again, now that the lock is ours
+        except ReportError:
+            self.close()
+            raise
         self._repair_tail()
         self._load()
 
@@ -182,7 +268,14 @@ class JsonlReport:
 
     def _index(self, rec: dict) -> None:
         kind = rec.get("record")
-        if kind == FILE:
+        if kind == RUN:
+            if self.section_run is None or rec.get("new_section"):
+                # a new section: the verdicts above it were reached under other options
+                self.section_run = rec
+                self._done.clear()
+                self._parts.clear()
+                self._n_done = 0
+        elif kind == FILE:
             shas = self._done[rec.get("path")]
             if rec.get("sha256") not in shas:
                 shas.add(rec.get("sha256"))
@@ -274,6 +367,7 @@ class CsvReport:
 
     def __init__(self, path: str | os.PathLike, source: str | os.PathLike | None = None):
         self.path = Path(path)
+        check_ours(self.path, "csv")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
@@ -281,7 +375,7 @@ class CsvReport:
                 w = csv.writer(fh)
                 w.writerow(CSV_FIELDS)
                 if source is not None:
-                    for rec in read_records(source):
+                    for rec in section_records(source):
                         if rec.get("record") in (FILE, *PART_RECORDS):
                             w.writerow(csv_row(rec))
                 fh.flush()
@@ -547,6 +641,7 @@ def write_html(
     The file is written to a temporary name and renamed, so a half-written report never exists.
     """
     out = Path(out)
+    check_ours(out, "html")
     if callable(records):
         source = records
     else:

@@ -5,6 +5,9 @@ The JSON field names are a public contract (see README): fields may be added, ne
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -89,3 +92,32 @@ class MatchResult:
 
 
 __all__ = ["Evidence", "TitleScore", "MatchResult", "asdict"]
+
+
+# -- text for terminals and JSON lines (names come from a hostile dump) -------------------------------
+#: Characters that would split a row or reorder what a terminal shows: C0/C1 controls, bidi
+#: embeddings/overrides/isolates and marks, line/paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def safe_text(value) -> str:
+    """One line of plain text for a terminal: controls and bidi overrides escaped (\\n, \\u202e),
+    bytes that are not UTF-8 (surrogate escapes from the file system) shown as \\xNN."""
+    s = str(value)
+    if any("\ud800" <= c <= "\udfff" for c in s):
+        try:
+            s = s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+            s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _UNSAFE.sub(lambda m: _NAMED.get(m.group(), f"\\u{ord(m.group()):04x}"), s)
+
+
+def json_line(record: dict) -> str:
+    """One valid JSON line. A path that is not UTF-8 keeps its exact bytes in `path_bytes` (hex), and
+    its undecodable bytes appear as JSON escapes (\\udcXX) instead of raw bytes."""
+    path = record.get("path")
+    if isinstance(path, str) and any("\ud800" <= c <= "\udfff" for c in path):
+        record = dict(record, path_bytes=os.fsencode(path).hex())
+    text = json.dumps(record, ensure_ascii=False, default=str)
+    return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)

@@ -16,7 +16,25 @@ from pathlib import Path
 
 from PIL import Image
 
-MAX_PIXELS = int(os.environ.get("MATCHER_MAX_PIXELS", 80_000_000))  # ~ a 10k x 8k still
+DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k still
+
+
+def _max_pixels_from_env() -> tuple[int, str | None]:
+    """($MATCHER_MAX_PIXELS or the default, the one-line problem with the variable or None). A bad
+    value must not be a traceback at import time: the CLI reports it and exits 2."""
+    raw = os.environ.get("MATCHER_MAX_PIXELS")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_PIXELS, None
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        return DEFAULT_MAX_PIXELS, f"MATCHER_MAX_PIXELS={raw!r} is not a positive whole number of pixels"
+    return value, None
+
+
+MAX_PIXELS, MAX_PIXELS_PROBLEM = _max_pixels_from_env()
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv"}
 
 # Magic numbers: (offset, bytes, kind). Video containers are recognised here, images mostly by Pillow.
@@ -39,7 +57,7 @@ _MAGIC = [
 ]
 
 
-IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "TGA", "PSD")
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "DIB", "TIFF", "TGA", "PSD", "AVIF")
 VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
 
@@ -93,6 +111,12 @@ def tga_plausible(head: bytes, tail: bytes) -> bool:
     )
 
 
+def _avif_supported() -> bool:
+    """Pillow >= 11.2 decodes AVIF when built with libavif (the PyPI wheels are)."""
+    Image.init()
+    return "AVIF" in Image.OPEN
+
+
 def sniff_bytes(head: bytes, tail: bytes = b"", name: str = "") -> tuple[str, str]:
     """Classify by content: ('image'|'video'|'skipped', description)."""
     ext = os.path.splitext(name)[1].lower()
@@ -120,8 +144,12 @@ def sniff_bytes(head: bytes, tail: bytes = b"", name: str = "") -> tuple[str, st
         return "video", "Matroska/WebM"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
-            return "skipped", f"HEIF/AVIF image ({brand.decode('latin-1').strip()}) is not a supported format"
+        if brand in (b"avif", b"avis"):
+            if _avif_supported():
+                return "image", "AVIF"
+            return "skipped", "AVIF image: this installation's Pillow cannot decode AVIF"
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+            return "skipped", f"HEIF image ({brand.decode('latin-1').strip()}) is not a supported format"
         return "video", "MP4/QuickTime"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"pnot", b"skip"):
         return "video", "QuickTime"
@@ -218,10 +246,41 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         return to_rgb(im, path)
 
 
+#: Single-channel modes deeper than 8 bits: Pillow's own conversion to RGB clips them (a 16-bit
+#: PNG comes out almost white), so they are scaled to 8 bits first (`to_8bit`).
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float single-channel image scaled to 8-bit grey ('L'): 16-bit
+    data by its full range (0..65535), floats in 0..1 by 255, anything wider by its own maximum.
+    Other modes are returned as they are."""
+    if im.mode not in DEEP_MODES:
+        return im
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.float32)
+    finite = a[np.isfinite(a)]
+    hi = float(finite.max()) if finite.size else 0.0
+    if im.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif im.mode == "F" and hi <= 1.0:
+        scale = 255.0
+    elif hi <= 255.0:
+        scale = 1.0
+    elif hi <= 65535.0:
+        scale = 255.0 / 65535.0  # 16-bit data held in a 32-bit mode (e.g. a 16-bit TIFF/PNG as 'I')
+    else:
+        scale = 255.0 / hi
+    a = np.nan_to_num(a * scale, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
 def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
     """Load and flatten to RGB; transparency is composited on white, as cels are drawn on paper."""
     try:
         im.load()
+        im = to_8bit(im)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             bg = Image.new("RGB", rgba.size, (255, 255, 255))

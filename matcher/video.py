@@ -94,6 +94,13 @@ def sample_video(
                 t = round(float(frame.pts * frame.time_base), 3)
                 if t + 1e-6 < next_look:
                     continue
+                # the codec context's size is only the header's claim: each frame can differ
+                if frame.width * frame.height > max_pixels:
+                    raise InputError(
+                        path,
+                        f"refused: video frame at {t:.3f} s is {frame.width}x{frame.height}, over the "
+                        f"{max_pixels} pixel limit (the header said {w}x{h})",
+                    )
                 next_look = t + step
                 thumb = _thumb(frame) if (scenes or dedupe) else None
                 cut = scenes and prev_thumb is not None and difference(thumb, prev_thumb) > cut_threshold

@@ -42,6 +42,7 @@ def rec(path, sha="ab" * 32, status="matched", title="Alpha", conf=0.9, record="
 def test_jsonl_append_resume_and_torn_tail(tmp_path):
     out = tmp_path / "r.jsonl"
     with JsonlReport(out) as r:
+        r.write({"record": "run"})  # every report of ours opens with its run's custody line
         r.write(rec("a.png"))
         r.write(rec("v.mp4", record="still", timestamp=0.0))
         r.write(rec("v.mp4", record="still", timestamp=2.0))
@@ -59,7 +60,7 @@ def test_jsonl_append_resume_and_torn_tail(tmp_path):
     raw = out.read_bytes()
     assert raw.endswith(b"\n")
     lines = raw.decode().splitlines()
-    assert all(json.loads(x) for x in lines) and len(lines) == 4
+    assert all(json.loads(x) for x in lines) and len(lines) == 5
 
 
 def test_jsonl_lock_refuses_second_writer(tmp_path):
@@ -73,9 +74,10 @@ def test_odd_names_round_trip(tmp_path):
     out = tmp_path / "r.jsonl"
     names = ["a\nb.png", "<script>alert(1)</script>.png", "日本語 ファイル.png", "bad\udcffbyte.png"]
     with JsonlReport(out) as r:
+        r.write({"record": "run"})
         for n in names:
             r.write(rec(n))
-    assert [x["path"] for x in read_records(out)] == names
+    assert [x["path"] for x in read_records(out) if x["record"] == "file"] == names
     with JsonlReport(out) as r:
         assert all(r.is_done(n, "ab" * 32) for n in names)
 
@@ -83,6 +85,7 @@ def test_odd_names_round_trip(tmp_path):
 def test_csv_mirror_rebuilt_and_formula_safe(tmp_path):
     out = tmp_path / "r.jsonl"
     with JsonlReport(out) as r:
+        r.write({"record": "run"})
         r.write(rec("=HYPERLINK(1).png"))
         r.write(rec("x\ny.png", status="unknown", title=None, conf=0.2))
     c = CsvReport(tmp_path / "r.csv", source=out)
