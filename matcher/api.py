@@ -108,14 +108,8 @@ class Matcher:
         index_dir = default_index_dir(index_dir)
         try:
             store = ReferenceStore.open(index_dir)
-            # a damaged calibration is refused here, not as a traceback in the middle of a run
-            Calibration.from_dict(store.manifest.get("calibration"))
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise MatcherError(
-                f"{index_dir / 'manifest.json'}: damaged manifest: unusable 'calibration' ({exc})"
-            ) from None
         info = store.manifest["embedder"]
         embedder = cls._embedder(
             info["spec"],
@@ -137,7 +131,16 @@ class Matcher:
                 f"{embedder.spec} (weights {embedder.fingerprint}, dim {embedder.dim}); "
                 f"pass the original weights with --pretrained or rebuild the index"
             )
-        return cls(store, embedder)
+        m = cls(store, embedder)
+        try:  # a damaged calibration is refused here, not as a traceback in the middle of a run
+            m.match_vectors(np.zeros((1, store.dim), np.float32))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError, ZeroDivisionError) as exc:
+            store.close()
+            raise MatcherError(
+                f"{index_dir / 'manifest.json'}: damaged manifest: unusable 'calibration' "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        return m
 
     @classmethod
     def open_or_create(cls, index_dir, model: str | None = None, **options) -> Matcher:

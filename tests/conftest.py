@@ -6,9 +6,15 @@ the classic descriptor has real structure to find, like shows with different art
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+
+# verified index-file checksums are memoised per user; the tests keep theirs apart (subprocesses inherit)
+os.environ.setdefault("MATCHER_HASH_CACHE", os.path.join(tempfile.mkdtemp(prefix="matcher-test-"), "h.json"))
 
 STYLES = {
     "Sunny Farm": {"bg": (250, 238, 196), "fg": [(214, 60, 40), (60, 120, 200), (70, 160, 60)], "ink": 4},
