@@ -48,14 +48,16 @@ def _in_child(fn) -> tuple[float, str]:
     """Run fn in a forked child: (the child's peak RSS in MB, what fn returned or raised)."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.close(r)
+    if pid == 0:  # the child never returns into pytest, whatever happens
         try:
-            msg = str(fn())
-        except Exception as exc:  # noqa: BLE001 - reported to the parent as text
-            msg = f"raised {type(exc).__name__}: {exc}"
-        os.write(w, msg.encode()[:2000])
-        os._exit(0)
+            os.close(r)
+            try:
+                msg = str(fn())
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent as text
+                msg = f"raised {type(exc).__name__}: {exc}"
+            os.write(w, msg.encode()[:2000])
+        finally:
+            os._exit(0)
     os.close(w)
     _, _, usage = os.wait4(pid, 0)
     with os.fdopen(r, "rb") as f:

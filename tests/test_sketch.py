@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -82,6 +83,13 @@ def test_index_written_before_sketch_probes_still_works(tmp_path, built_index):
     with np.load(probes) as z:
         old = {k: z[k] for k in ("vectors", "ref_ids", "titles")}  # the earlier format: no kinds
     np.savez(probes, **old)
+    # as that writer would have recorded it: the manifest's checksum is of the file it wrote
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][probes.name] = {
+        "sha256": hashlib.sha256(probes.read_bytes()).hexdigest(),
+        "size": probes.stat().st_size,
+    }
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     m = Matcher.open(copy)
     assert set(m.store.probes["kinds"]) == {"altered"}
     assert m.match(draw_frame("Night Patrol", 3)).title == "Night Patrol"
