@@ -824,7 +824,7 @@ class ReferenceStore:
             "size_bytes": self.size_on_disk(),
             "format_version": m["format_version"],
             "generation": m["generation"],
-            "fingerprint_of_index": self.fingerprint,
+            "index_fingerprint": self.fingerprint,
             "files": self.files,
         }
 
