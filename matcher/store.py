@@ -439,6 +439,8 @@ class ReferenceStore:
         except FileNotFoundError:
             raise
         except Exception as exc:
+            if not vpath.exists():  # deleted by a writer since the manifest was read: retried
+                raise FileNotFoundError(2, "missing", str(vpath)) from None
             raise StoreError(f"{vpath}: corrupt or missing vector file ({exc})") from None
         if index.d != dim or index.ntotal != manifest["count"]:
             raise StoreError(f"{vpath}: vector file does not match the manifest (dim/count differ)")
@@ -449,6 +451,8 @@ class ReferenceStore:
             db = _read_only_db(dbpath)
             db.execute("SELECT count(*) FROM refs").fetchone()
         except sqlite3.DatabaseError as exc:
+            if not dbpath.exists():
+                raise FileNotFoundError(2, "missing", str(dbpath)) from None
             raise StoreError(f"{dbpath}: corrupt metadata database ({exc})") from None
         # held open, so that a writer deleting this generation's files later cannot take them away
         probes_file = open(self.root / manifest["probes"], "rb")

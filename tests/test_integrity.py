@@ -328,3 +328,23 @@ def test_names_that_are_not_utf8_are_indexed_and_printed_safely(tmp_path, librar
     )
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
     assert b"still-\\xff\\xfe.png\tIce Kingdom" in p.stdout
+
+
+def test_a_reader_that_read_the_previous_manifest_follows_the_commit(index_copy, monkeypatch):
+    """A commit deletes the previous generation's files; a reader that read the old manifest just
+    before (the race, made certain here) finds them gone and loads the new generation instead of
+    failing."""
+    old_manifest = (index_copy / "manifest.json").read_bytes()
+    first = manifest_of(index_copy)["generation"]
+    m = Matcher.open(index_copy)
+    m.recalibrate(unknown_share=0.3)  # commits generation first + 1 and deletes first's files
+    m.close()
+    assert not (index_copy / f"vectors-{first}.faiss").exists()
+    reader = ReferenceStore(index_copy, {}, None, None, None)
+    stale = iter([old_manifest])
+    monkeypatch.setattr(
+        reader, "_read_manifest", lambda: next(stale, None) or ReferenceStore._read_manifest(reader)
+    )
+    reader._load()
+    assert reader.manifest["generation"] == first + 1 and reader.count == 84
+    reader.close()
