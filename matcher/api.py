@@ -27,7 +27,7 @@ from matcher.pipeline import embed_stills
 from matcher.results import MatchResult
 from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
 from matcher.sources import Still
-from matcher.store import IndexExists, Reference, ReferenceStore, StoreError
+from matcher.store import IndexExists, Reference, ReferenceStore, StoreError, db_text
 
 DEFAULT_INDEX = "index"
 BATCH = 32
@@ -84,6 +84,7 @@ class Matcher:
         """The index's writer lock for one whole change; store problems become one-line errors."""
         try:
             with self.store.writing():
+                self._scorer = None  # taking the lock may have loaded a newer generation
                 yield
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
@@ -187,6 +188,7 @@ class Matcher:
         first one raises."""
         if not title or not title.strip():
             raise MatcherError("a title is required")
+        title = db_text(title)  # as the metadata stores it (bytes that are not UTF-8 as \\xNN)
         with self._writing():
             return self._add(items, title, episode, every, names, on_error, seed)
 

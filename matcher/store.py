@@ -94,7 +94,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _text(value):
+def db_text(value):
     """SQLite stores UTF-8 only: a name that is not UTF-8 (surrogate escapes from the file system) is
     kept with its undecodable bytes written as \\xNN, as the dump reports write them."""
     if isinstance(value, str):
@@ -695,9 +695,9 @@ class ReferenceStore:
                     "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
                     " VALUES (?,?,?,?,?,?,?)",
                     (
-                        _text(r.title),
-                        _text(r.episode),
-                        _text(r.source),
+                        db_text(r.title),
+                        db_text(r.episode),
+                        db_text(r.source),
                         r.sha256,
                         r.timestamp,
                         r.timestamp_end,
@@ -736,7 +736,7 @@ class ReferenceStore:
         self.probes = {
             "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
             "ref_ids": np.asarray(ref_ids, dtype=np.int64),
-            "titles": np.asarray([_text(str(t)) for t in np.asarray(titles).reshape(-1)], dtype=str),
+            "titles": np.asarray([db_text(str(t)) for t in np.asarray(titles).reshape(-1)], dtype=str),
             "kinds": np.asarray(kinds, dtype=str),  # "altered" (make_probe) or "sketch" (make_sketch)
         }
         self._dirty = True
