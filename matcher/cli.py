@@ -126,6 +126,10 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         else "threshold  (not calibrated)"
     )
     typer.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB, {info['references']} reference stills")
+    typer.echo(
+        f"verified   {len(info['files'])} files against the sha256 in the manifest "
+        f"({info['index_fingerprint']})"
+    )
     for title, count in info["titles"].items():
         typer.echo(f"  {count:>8}  {title}")
 

@@ -78,7 +78,7 @@ class ReportError(Exception):
 
 #: What each output of ours starts with: a file that does not is never truncated, appended to or
 #: replaced (an --out / --csv / --html mistyped onto evidence must not destroy it).
-_HTML_MARK = b"<title>matcher evidence report</title>"
+_HTML_MARK = b"<title>matcher evidence report"
 
 
 def check_ours(path: str | os.PathLike, kind: str) -> None:
@@ -109,8 +109,9 @@ def check_ours(path: str | os.PathLike, kind: str) -> None:
         except (ValueError, AttributeError):
             # the first line torn by a power cut while it was written
             ours = b"\n" not in head and head.startswith(b'{"record": "run"')
-    elif kind == "csv":
-        ours = head.startswith(",".join(CSV_FIELDS).encode())
+    elif kind == "csv":  # our header, whatever columns a later version adds
+        header = next(csv.reader([head.split(b"\n", 1)[0].decode("utf-8", "replace")]), [])
+        ours = {"path", "record", "sha256", "status"} <= set(header)
     else:
         ours = _HTML_MARK in head
     if not ours:
