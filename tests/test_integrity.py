@@ -151,7 +151,8 @@ def test_a_damaged_calibration_inside_the_manifest_is_one_line(index_copy, libra
 def test_verification_is_memoised_by_file_identity_but_not_fooled_by_a_restored_mtime(index_copy):
     """A second open reads no index file (the hash cache knows it); editing a file and setting its
     mtime back still changes its ctime, so it is hashed and caught."""
-    ReferenceStore.open(index_copy).close()
+    res = run("index", "info", "--index", index_copy)
+    assert res.exit_code == 0 and "verified   3 files against the sha256 in the manifest" in res.output
     cache = json.loads(Path(os.environ["MATCHER_HASH_CACHE"]).read_text())
     vectors = index_copy / manifest_of(index_copy)["vectors"]
     assert any(key.startswith(os.path.realpath(vectors) + "|") for key in cache)
@@ -221,9 +222,11 @@ def test_a_second_writer_is_refused_with_one_line_or_waits_for_the_first(index_c
     assert ReferenceStore.open(index_copy).titles()["Second"] == 1
 
 
-def test_two_concurrent_adds_both_land_whole(tmp_path, library):
-    """Two `index add` processes started together: before the lock, the last save won the vectors
-    file (a title with none of its vectors). Now the second waits and both titles are complete."""
+def test_two_concurrent_adds_and_a_reader(tmp_path, library):
+    """Two `index add` processes started together while a reader keeps opening the index: before
+    the lock, the last save won the vectors file (a title with none of its vectors) and a reader's
+    recovery deleted an add's rows. Now the second writer waits, both titles are complete, and the
+    reader always sees a whole generation."""
     idx = tmp_path / "idx"
     assert (
         run(
@@ -242,9 +245,18 @@ def test_two_concurrent_adds_both_land_whole(tmp_path, library):
         )
         for title in ("Sunny Farm", "Night Patrol")
     ]
+    # a reader, all along: each open sees one committed generation, whole, and changes nothing
+    seen = set()
+    while any(p.poll() is None for p in procs):
+        reader = ReferenceStore.open(idx)
+        titles = reader.titles()
+        assert reader.count == sum(titles.values()) == len(reader.references(range(1, 200)))
+        seen.add(reader.manifest["generation"])
+        reader.close()
     for p in procs:
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err
+    assert len(seen) >= 2  # the reader did overlap the writers' commits
     store = ReferenceStore.open(idx)
     assert store.titles() == {"Ice Kingdom": 12, "Night Patrol": 12, "Sunny Farm": 60}
     assert store.count == 84
