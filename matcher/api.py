@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matcher import calibration
+from matcher import background, calibration
 from matcher.embedders import Embedder, EmbedderError, create_embedder
 from matcher.pipeline import embed_stills
-from matcher.results import MatchResult
+from matcher.results import MatchResult, TitleScore
 from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
 from matcher.sources import Still
 from matcher.store import Reference, ReferenceStore, StoreError
@@ -71,7 +71,24 @@ class Matcher:
             store = ReferenceStore.create(index_dir, info)
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
-        return cls(store, embedder)
+        m = cls(store, embedder)
+        m._embed_background()
+        store.save()
+        return m
+
+    def _embed_background(self) -> None:
+        """Embed the shipped background set with this index's model, unless the index holds it already
+        (same set, same model). Called when an index is created and before every refit."""
+        info = {
+            "sha256": background.set_sha256(),
+            "images": background.size(),
+            "fingerprint": self.embedder.fingerprint,
+            "spec": self.embedder.spec,
+        }
+        if self.store.manifest.get("background_set") == info and self.store.manifest.get("background"):
+            return
+        bg = background.embed(self.embedder)
+        self.store.set_background(bg["vectors"], bg["kinds"], info)
 
     @classmethod
     def open(
@@ -210,6 +227,7 @@ class Matcher:
     def _probes(self) -> dict:
         """The index's calibration probes (read on first use); a damaged file is a MatcherError."""
         try:
+            self.store.background  # noqa: B018 (read now: a damaged file stops the change early)
             return self.store.probes
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
@@ -252,6 +270,7 @@ class Matcher:
         if not 0.0 < unknown_share < 1.0:
             raise MatcherError(f"unknown share must be between 0 and 1 (exclusive), not {unknown_share}")
         self._probes()
+        self._embed_background()
         cal = calibration.fit(
             self.store,
             k=self.k,
@@ -327,18 +346,43 @@ class Matcher:
             titles = np.array([refs[i].title if i in refs else "" for i in ids[row]], dtype=object)
             ranking = self.scorer.rank(scaled[row], titles, ids[row], coverage=float(evidence[row]))
             title, conf, cands = self.scorer.score(ranking, threshold=min_confidence)
-            out.append(
-                MatchResult(
-                    path=still.path if still else None,
-                    sha256=still.sha256 if still else None,
-                    title=title,
-                    confidence=conf,
-                    candidates=cands,
-                    evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
-                    timestamp=still.timestamp if still else None,
-                )
+            default_threshold = ranking.calibration.threshold_for(ranking.coverage)
+            override_changed = False
+            if min_confidence is not None:  # what the index's own threshold says, to mark a changed verdict
+                override_changed = self.scorer.score(ranking)[0] != title
+            result = MatchResult(
+                path=still.path if still else None,
+                sha256=still.sha256 if still else None,
+                title=title,
+                confidence=conf,
+                candidates=cands,
+                evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
+                timestamp=still.timestamp if still else None,
+                calibration_warning=ranking.calibration.warning(),
+                threshold=default_threshold if min_confidence is None else min_confidence,
+                override_changed=override_changed,
+                tie=TitleScorer.tied(ranking) if len(TitleScorer.tied(ranking)) > 1 else [],
             )
+            if still is not None and still.sha256 and still.timestamp is None:
+                self._mark_identical(result)
+            out.append(result)
         return out
+
+    def _mark_identical(self, result: MatchResult) -> None:
+        """A file that is byte for byte a reference file is that reference: say so (sha256), with
+        certainty, instead of a similarity. Same content under two titles: a tie, no title."""
+        same = self.store.references_by_sha256(result.sha256)
+        if not same:
+            return
+        titles = sorted({r.title for r in same})
+        first = same[0]
+        result.identical = {"reference": first.source, "sha256": first.sha256, "title": first.title}
+        if len(titles) > 1:
+            result.title, result.tie = None, titles
+            return
+        result.title, result.confidence, result.tie = first.title, 1.0, []
+        rest = [c for c in result.candidates if c.title != first.title]
+        result.candidates = [TitleScore(first.title, 1.0), *(TitleScore(c.title, 0.0) for c in rest)]
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:

@@ -118,26 +118,31 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
 
 
 def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibration:
-    """Fit a Calibration from the probes stored in the index.
+    """Fit a Calibration from the probes stored in the index and its background set.
 
     ``coverage`` is the embedder's ``coverage(vectors)`` when it has one (see scoring.evidence_scale):
     probes are scored on the same scale as queries; sketch probes (scoring.is_sketch) fit the sketch
     parameters and near-blank probes none. Mixed in, a few near-blank probes scaled up 5x used to
-    inflate a title's background spread (measured: seen grey top-1 85.8% -> 94.1% once left out)."""
+    inflate a title's background spread (measured: seen grey top-1 85.8% -> 94.1% once left out).
+
+    The background set (background.py; ``store.background``) stands for productions not in the index:
+    its images are unknown probes and part of every title's background spread, so an index of one
+    title is calibrated too (before it, one title meant no unknown probe at all)."""
     probes = store.probes
+    background = store.background
     titles = sorted(store.titles())
     n = len(probes["titles"])
-    if n == 0 or len(titles) < 2:
+    if n == 0 or not titles or (len(titles) < 2 and not len(background["vectors"])):
         return Calibration(probes=n)
-    qv = probes["vectors"]
-    scale = evidence_scale(coverage, qv)
-    cov = coverage_of(coverage, qv)
-    sketch = is_sketch(cov)
-    main = cov >= SKETCH_COVERAGE[1]
+    qv, bv = probes["vectors"], background["vectors"]
+    scale, bscale = evidence_scale(coverage, qv), evidence_scale(coverage, bv)
+    cov, bcov = coverage_of(coverage, qv), coverage_of(coverage, bv)
     title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used by both bands
-    cal = _fit_band(store, np.flatnonzero(main), titles, title_ids, scale, k, unknown_share, cov)
-    if sketch.any():
-        band = _fit_band(store, np.flatnonzero(sketch), titles, title_ids, scale, k, unknown_share)
+    main = (np.flatnonzero(cov >= SKETCH_COVERAGE[1]), np.flatnonzero(bcov >= SKETCH_COVERAGE[1]))
+    cal = _fit_band(store, main, titles, title_ids, (scale, bscale), k, unknown_share, (cov, bcov))
+    sketch = (np.flatnonzero(is_sketch(cov)), np.flatnonzero(is_sketch(bcov)))
+    if len(sketch[0]):
+        band = _fit_band(store, sketch, titles, title_ids, (scale, bscale), k, unknown_share)
         if band.fitted:
             band.rank_by = "similarity"  # see scoring.py: a sketch's z ranking is noise-driven
             cal.sketch = band
@@ -145,25 +150,30 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     return cal
 
 
-def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share, coverage=None) -> Calibration:
-    """Scorer parameters fitted on the probes ``rows`` (indices into store.probes). With ``coverage``
-    (per probe), probes below GREY_COVERAGE get their own unknown threshold (see _threshold)."""
-    probes = store.probes
-    qv, qids, qtitles = probes["vectors"][rows], probes["ref_ids"][rows], probes["titles"][rows]
-    scale = scale[rows]
-    n = len(rows)
-    cal = Calibration(probes=n, unknown_share=unknown_share)
+def _fit_band(store, rows, titles, title_ids, scales, k, unknown_share, coverage=None) -> Calibration:
+    """Scorer parameters fitted on the probes ``rows = (probe rows, background rows)`` (indices into
+    store.probes and store.background). With ``coverage`` (per probe, per background image), probes
+    below GREY_COVERAGE get their own unknown threshold (see _threshold)."""
+    probes, background = store.probes, store.background
+    prow, brow = rows
+    qv, qids, qtitles = probes["vectors"][prow], probes["ref_ids"][prow], probes["titles"][prow]
+    scale, bscale = scales[0][prow], scales[1][brow]
+    bv = background["vectors"][brow]
+    n = len(prow)
+    cal = Calibration(probes=n, unknown_share=unknown_share, background=len(brow))
     if n == 0:
         return cal
 
-    # 1. Background stats: each title's best similarity to probes of the other titles.
+    # 1. Background stats: each title's best similarity to probes of the other titles and to the
+    #    background set.
     pooled = []
     for t in titles:
         others = qtitles != t
-        if not others.any():
+        queries = np.concatenate([qv[others], bv])
+        if not len(queries):
             continue
-        sims, ids = store.search(qv[others], 1, only_ids=title_ids[t])
-        sims = rescale(sims, ids, scale[others])
+        sims, ids = store.search(queries, 1, only_ids=title_ids[t])
+        sims = rescale(sims, ids, np.concatenate([scale[others], bscale]))
         s = sims[:, 0][sims[:, 0] > -1e30]
         if len(s) == 0:
             continue
@@ -176,32 +186,40 @@ def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share, coverage=
 
     # 2. Features of known and unknown pseudo-queries.
     # Batched: known = one search with k+1 neighbours, each probe's own still dropped (the same
-    # top k as excluding it); unknown = one search per title with that title excluded.
+    # top k as excluding it); unknown = one search per title with that title excluded, and the
+    # background set against the whole index.
     feats, labels, kinds, grey = [], [], [], []
-    is_grey = coverage[rows] < GREY_COVERAGE if coverage is not None else np.zeros(n, bool)
+    is_grey = coverage[0][prow] < GREY_COVERAGE if coverage is not None else np.zeros(n, bool)
+    bg_grey = coverage[1][brow] < GREY_COVERAGE if coverage is not None else np.zeros(len(brow), bool)
 
-    def add(sel, sims, ids, kind):
-        sims = rescale(sims, ids, scale[sel])
+    def add(sims, ids, scale_rows, truth, kind, grey_rows):
+        sims = rescale(sims, ids, scale_rows)
         found = store.title_array(ids)
-        for j, i in enumerate(sel):
+        for j in range(len(sims)):
             r = scorer.rank(sims[j], found[j], ids[j])
             if not r.titles:
                 continue
             feats.append((r.z_top, r.margin))
-            labels.append(1.0 if (kind == "known" and r.titles[0] == qtitles[i]) else 0.0)
+            labels.append(1.0 if (truth is not None and r.titles[0] == truth[j]) else 0.0)
             kinds.append(kind)
-            grey.append(is_grey[i])
+            grey.append(grey_rows[j])
 
     sims, ids = store.search(qv, k + 1)
     own = ids == qids[:, None]
     keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # drop the own still, keep the order
-    add(np.arange(n), np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), "known")
-    for t in titles:
-        sel = np.flatnonzero(qtitles == t)
-        if len(sel):
-            sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
-            add(sel, sims, ids, "unknown")
+    add(np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), scale, qtitles, "known", is_grey)
+    if len(titles) > 1:
+        for t in titles:
+            sel = np.flatnonzero(qtitles == t)
+            if len(sel):
+                sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
+                add(sims, ids, scale[sel], None, "unknown", is_grey[sel])
+    if len(bv):
+        sims, ids = store.search(bv, k)
+        add(sims, ids, bscale, None, "unknown", bg_grey)
     x, y, kinds, grey = np.array(feats), np.array(labels), np.array(kinds), np.array(grey, bool)
+    cal.known_probes, cal.unknown_probes = int((kinds == "known").sum()), int((kinds == "unknown").sum())
+    cal.known_stills = int(len(np.unique(qids)))
     if len(np.unique(y)) < 2:
         cal.fitted = False
         return cal

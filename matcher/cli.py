@@ -111,6 +111,10 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         if thr is not None
         else "threshold  (not calibrated)"
     )
+    probes = info["calibration_probes"]
+    typer.echo(f"probes     {probes['known']} of indexed titles, {probes['unknown']} of other productions")
+    if info["calibration_warning"]:
+        typer.echo(f"warning    {info['calibration_warning']}")
     typer.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB, {info['references']} reference stills")
     for title, count in info["titles"].items():
         typer.echo(f"  {count:>8}  {title}")

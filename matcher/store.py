@@ -6,6 +6,7 @@ Layout of an index directory::
     metadata.sqlite          one row per reference still (title, episode, source, sha256, timestamp)
     vectors-<gen>.faiss      FAISS index, ids = SQLite row ids
     probes-<gen>.npz         pseudo-query vectors the scorer calibrates on (see scoring.py)
+    background-<gen>.npz     the shipped background set embedded with the index's model (background.py)
 
 Saves are atomic: a new generation's files are written under new names, then `manifest.json` is
 replaced in one rename. SQLite rows carry the generation that added/removed them, so a crash at any
@@ -101,6 +102,7 @@ class ReferenceStore:
         # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str, "kinds": (m,) str};
         # None: not read yet (see `probes`)
         self._probes = probes
+        self._background: dict | None = None  # {"vectors", "kinds"}; None: not read yet
         self._dirty = False
         self._mapped = False  # True while the index is a read-only memory map of its file
 
@@ -202,6 +204,34 @@ class ReferenceStore:
     def probes(self, value: dict) -> None:
         self._probes = value
 
+    @property
+    def background(self) -> dict:
+        """The background set's vectors under the index's model ({"vectors", "kinds"}; empty for an
+        index written before the set existed, until its next write embeds it)."""
+        if self._background is None:
+            out = {"vectors": np.zeros((0, self.dim), np.float32), "kinds": np.zeros(0, dtype="<U1")}
+            name = self.manifest.get("background")
+            if name:
+                path = self.root / name
+                try:
+                    with np.load(path, allow_pickle=False) as z:
+                        out = {"vectors": z["vectors"], "kinds": z["kinds"]}
+                except Exception as exc:
+                    raise StoreError(f"{path}: corrupt background vectors ({exc})") from None
+                if out["vectors"].ndim != 2 or out["vectors"].shape[1] != self.dim:
+                    raise StoreError(f"{path}: background vectors do not match the index (dim differs)")
+            self._background = out
+        return self._background
+
+    def set_background(self, vectors: np.ndarray, kinds: np.ndarray, info: dict) -> None:
+        """Replace the background vectors (``info`` says which set and model made them; manifest)."""
+        self._background = {
+            "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
+            "kinds": np.asarray(kinds, dtype=str),
+        }
+        self.manifest = dict(self.manifest, background_set=dict(info))
+        self._dirty = True
+
     def _writable(self) -> None:
         """Load a memory-mapped index into memory so that it can be changed."""
         if self._mapped:
@@ -212,6 +242,10 @@ class ReferenceStore:
     def _connect(root: Path) -> sqlite3.Connection:
         db = sqlite3.connect(root / DATABASE)
         db.executescript(_SCHEMA)
+        try:  # duplicate checks look stills up by sha256 (an older index gets the index on next open)
+            db.execute("CREATE INDEX IF NOT EXISTS refs_sha256 ON refs(sha256)")
+        except sqlite3.OperationalError:
+            pass  # read-only: the lookup scans instead
         columns = {row[1] for row in db.execute("PRAGMA table_info(refs)")}
         if "timestamp_end" not in columns:  # indexes written before the time range was kept
             try:
@@ -230,8 +264,9 @@ class ReferenceStore:
                 self.db.execute("DELETE FROM refs WHERE removed_gen <= ?", (gen,))
         except sqlite3.OperationalError:
             pass  # read-only index (e.g. evidence on write-protected media): queries filter by generation
-        keep = {self.manifest.get("vectors"), self.manifest.get("probes")}
-        for stale in list(self.root.glob("vectors-*.faiss*")) + list(self.root.glob("probes-*.npz*")):
+        keep = {self.manifest.get("vectors"), self.manifest.get("probes"), self.manifest.get("background")}
+        stale_files = [*self.root.glob("vectors-*.faiss*"), *self.root.glob("probes-*.npz*")]
+        for stale in stale_files + list(self.root.glob("background-*.npz*")):
             if stale.name not in keep:
                 try:
                     stale.unlink()
@@ -288,6 +323,16 @@ class ReferenceStore:
                     timestamp_end=row[6],
                 )
         return out
+
+    def references_by_sha256(self, sha256: str) -> list[Reference]:
+        """Reference stills whose file has this sha256 (image files; a video's stills share its
+        sha256 and are not whole-file copies, so only stills without a timestamp count)."""
+        rows = self.db.execute(
+            f"SELECT id, title, episode, source, sha256 FROM refs WHERE sha256 = ? AND timestamp IS NULL"
+            f" AND {self._visible()} ORDER BY id",
+            (sha256,),
+        )
+        return [Reference(title=r[1], episode=r[2], source=r[3], sha256=r[4], id=r[0]) for r in rows]
 
     def title_array(self, ids: np.ndarray) -> np.ndarray:
         """Titles for an array of ids (any shape), '' for -1 (no neighbour)."""
@@ -410,6 +455,14 @@ class ReferenceStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(ppath.with_name(ppath.name + ".tmp"), ppath)
+        if self._background is not None or manifest.get("background"):
+            manifest["background"] = f"background-{gen}.npz"
+            bpath = self.root / manifest["background"]
+            with open(bpath.with_name(bpath.name + ".tmp"), "wb") as f:
+                np.savez(f, **self.background)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(bpath.with_name(bpath.name + ".tmp"), bpath)
         _fsync_dir(self.root)
         _fsync_write(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
         _fsync_dir(self.root)
@@ -436,6 +489,13 @@ class ReferenceStore:
             "grey_threshold": cal.get("grey_threshold"),
             "sketch_threshold": (cal.get("sketch") or {}).get("threshold"),
             "calibrated": bool(cal.get("fitted")),
+            # one line when the confidence rests on too few probes (scoring.Calibration.warning), else None
+            "calibration_warning": _calibration_warning(cal),
+            "calibration_probes": {
+                "known": cal.get("known_probes", 0),
+                "unknown": cal.get("unknown_probes", 0),
+            },
+            "background_set": m.get("background_set"),
             "unknown_share": cal.get("unknown_share", 0.5),
             "size_bytes": self.size_on_disk(),
             "format_version": m["format_version"],
@@ -447,6 +507,14 @@ class ReferenceStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _calibration_warning(cal: dict) -> str | None:
+    from matcher.scoring import Calibration
+
+    if not cal:
+        return "not calibrated: the index holds no title yet"
+    return Calibration.from_dict(cal).warning()
 
 
 def _empty_probes(dim: int) -> dict:

@@ -150,7 +150,10 @@ def test_report_renders_grouped_escaped_and_self_contained(rendered):
     assert '"><img src=x onerror=alert(1)>.png' in text
     # chain of custody: versions, fingerprints and the sha256 of every input
     header = "".join(scan.text_by_section["header"])
-    for needle in ("tool_version", "model_fingerprint", "index_fingerprint", "report_generated_utc"):
+    for needle in ("matcher version", "model fingerprint", "index fingerprint", "report generated utc"):
+        assert needle in header  # human field names, not JSON keys
+    assert "tool_version" not in header
+    for needle in ("unknown threshold (colour queries)", "command line", "host", "index (absolute path)"):
         assert needle in header
     for r in files:
         if r.get("sha256"):
