@@ -10,22 +10,81 @@ Run-level problems print one line on stderr and exit 2; per-file problems are re
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from matcher.api import Matcher, MatcherError, default_index_dir
+from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Tell which animated production a frame belongs to.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
-index_app = typer.Typer(help="Build and inspect the reference index.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Build and inspect the reference index.", no_args_is_help=True, context_settings=HELP
+)
 app.add_typer(index_app, name="index")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from matcher import __version__
+
+        typer.echo(f"matcher {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Tell which animated production a frame belongs to."""
+
+
+@contextmanager
+def _progress(total: int, what: str):
+    """A rich progress bar on stderr, only when stderr is a terminal and there is more than one item;
+    yields advance(n=1)."""
+    if total < 2 or not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _count_files(paths) -> int:
+    """Files under the inputs (no decoding); missing inputs count as one (they get an error line)."""
+    from matcher.sources import InputError, walk
+
+    n = 0
+    for p in paths:
+        try:
+            n += sum(1 for _ in walk([p]))
+        except InputError:
+            n += 1
+    return n
+
 
 IndexOpt = typer.Option(None, "--index", help="Index directory (default: $MATCHER_INDEX, else ./index).")
 PretrainedOpt = typer.Option(
@@ -58,6 +117,64 @@ def index_add(
     device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
 ) -> None:
     """Add reference stills of one title (creates the index if absent; appends otherwise)."""
+    problems, duplicates = [], []
+
+    def report(exc):
+        same_title = isinstance(exc, DuplicateInput) and exc.other_title is None
+        (duplicates if same_title else problems).append(exc)
+        typer.echo(f"matcher: skipped {exc}", err=True)
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        _die(
+            f"{missing[0]}: no such file or directory"
+            + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
+    total = _count_files(paths)
+    if total == 0:
+        _die(f"no files in {', '.join(map(str, paths))}: nothing to add")
+    try:
+        m = Matcher.open_or_create(
+            index, model=model, pretrained=pretrained, models_dir=models_dir, device=device
+        )
+        with _progress(total, f"indexing {title}") as advance:
+            seen: set = set()
+
+            def on_still(still):
+                if still.path not in seen:
+                    seen.add(still.path)
+                    advance()
+
+            n = m.add(paths, title=title, episode=episode, every=every, on_error=report, on_still=on_still)
+    except MatcherError as exc:
+        _die(str(exc))
+    info = m.info()
+    if n == 0:
+        if duplicates and not problems:
+            typer.echo(f"nothing added: every input is already in {info['index']} (same sha256)")
+            return
+        _die(f"no stills were added to {info['index']}: every input was skipped (see above)")
+    typer.echo(
+        f"added {n} stills of {title!r} to {info['index']} "
+        f"({info['references']} references, {len(info['titles'])} titles, model {info['model']})"
+    )
+    if duplicates:
+        typer.echo(
+            f"{len(duplicates)} input(s) already in the index (same sha256), not added again", err=True
+        )
+    if problems:
+        typer.echo(f"{len(problems)} input(s) skipped, see above", err=True)
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    index: Path | None = IndexOpt,
+    pretrained: str | None = PretrainedOpt,
+    models_dir: Path | None = ModelsOpt,
+    device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
+) -> None:
+    """Re-embed the index from the sources it recorded, with this version's model (after a model or
+    descriptor change). Every source must still be where it was indexed, unchanged."""
     problems = []
 
     def report(exc):
@@ -65,21 +182,18 @@ def index_add(
         typer.echo(f"matcher: skipped {exc}", err=True)
 
     try:
-        m = Matcher.open_or_create(
-            index, model=model, pretrained=pretrained, models_dir=models_dir, device=device
+        m = Matcher.rebuild(
+            index, pretrained=pretrained, models_dir=models_dir, device=device, on_error=report
         )
-        n = m.add(paths, title=title, episode=episode, every=every, on_error=report)
     except MatcherError as exc:
         _die(str(exc))
     info = m.info()
     typer.echo(
-        f"added {n} stills of {title!r} to {info['index']} "
-        f"({info['references']} references, {len(info['titles'])} titles, model {info['model']})"
+        f"rebuilt {info['index']}: {info['references']} references, {len(info['titles'])} titles, "
+        f"model {info['model']} ({info['fingerprint']})"
     )
     if problems:
         typer.echo(f"{len(problems)} input(s) skipped, see above", err=True)
-    if n == 0:
-        _die("no stills were added")
 
 
 @index_app.command("info")
@@ -169,23 +283,57 @@ def index_remove(
     typer.echo(f"removed {n} stills of {title!r}")
 
 
-def _format_row(r) -> str:
-    if r.error:
-        return f"{r.path}\tERROR\t{r.error}"
-    where = f"@{r.timestamp:.1f}s" if r.timestamp is not None else ""
-    title = r.title if r.title is not None else "unknown"
+#: Columns of plain `match` output (tab-separated, one header line; `pandas.read_csv(sep="\t")` reads it)
+TSV_COLUMNS = [
+    "path",
+    "timestamp",
+    "status",
+    "title",
+    "confidence",
+    "threshold",
+    "best_title",
+    "next_title",
+    "next_score",
+    "evidence_reference",
+    "evidence_timestamp",
+    "evidence_similarity",
+    "evidence_sha256",
+    "identical_sha256",
+    "tie",
+    "override_changed",
+    "calibration_warning",
+    "error",
+]
+
+
+def _tsv_row(r) -> list:
     best = r.candidates[0] if r.candidates else None
     runner = r.candidates[1] if len(r.candidates) > 1 else None
-    ev = next((e for e in r.evidence if r.candidates and e.title == r.candidates[0].title), None)
-    parts = [f"{r.path}{where}", title, f"{r.confidence:.2f}"]
-    if r.title is None and best is not None:
-        parts.append(f"nearest: {best.title}")
-    if runner is not None:
-        parts.append(f"next: {runner.title} {runner.score:.2f}")
-    if ev is not None:
-        at = f" @{ev.timestamp:.1f}s" if ev.timestamp is not None else ""
-        parts.append(f"evidence: {ev.reference}{at} sim {ev.similarity:.3f}")
-    return "\t".join(parts)
+    ev = next((e for e in r.evidence if best and e.title == best.title), None)
+
+    def num(x, digits=4):
+        return "" if x is None else f"{x:.{digits}f}"
+
+    return [
+        r.path,
+        num(r.timestamp, 3),
+        r.status,
+        r.title or "",
+        num(r.confidence),
+        num(r.threshold),
+        best.title if best else "",
+        runner.title if runner else "",
+        num(runner.score if runner else None),
+        ev.reference if ev else "",
+        num(ev.timestamp if ev else None, 3),
+        num(ev.similarity if ev else None),
+        (ev.sha256 or "") if ev else "",
+        (r.identical or {}).get("sha256", ""),
+        " | ".join(r.tie),
+        "yes" if r.override_changed else "",
+        r.calibration_warning or "",
+        r.error or "",
+    ]
 
 
 @app.command("match")
@@ -237,12 +385,42 @@ def match_cmd(
             as_json=as_json,
         )
         raise typer.Exit(code)
+    missing = [p for p in paths if not p.exists()]
+    if m.store.count == 0:
+        _die(f"{m.store.root}: the index is empty; add reference stills with 'matcher index add'")
+    total = _count_files(paths)
+    if total == 0:
+        _die(f"no files in {', '.join(map(str, paths))}: nothing to match", code=1)
+    writer = None
     if not as_json:
-        typer.echo("path\ttitle\tconfidence\tdetails")
-    for result in m.match_many(paths, min_confidence=min_confidence, every=every):
-        line = json.dumps(result.to_dict(), ensure_ascii=False) if as_json else _format_row(result)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+        writer.writerow(TSV_COLUMNS)
+    results = failed = 0
+    with _progress(total, "matching") as advance:
+        last_path = None
+        for result in m.match_many(paths, min_confidence=min_confidence, every=every):
+            results += 1
+            failed += result.error is not None
+            if writer is None:
+                sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+            else:
+                writer.writerow(_clean(v) for v in _tsv_row(result))
+            sys.stdout.flush()
+            if result.path != last_path:
+                last_path = result.path
+                advance()
+    if missing:
+        typer.echo(f"matcher: error: {missing[0]}: no such file or directory", err=True)
+        raise typer.Exit(1)
+    if results and failed == results:
+        typer.echo(f"matcher: error: none of the {results} input(s) could be matched", err=True)
+        raise typer.Exit(1)
+
+
+def _clean(value) -> str:
+    """One TSV cell: no line breaks or tabs (a hostile file name must not add a row or a column)."""
+    text = "" if value is None else str(value)
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
 
 
 def match_entry() -> None:

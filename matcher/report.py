@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from matcher.errors import MatcherError
+
 FILE, STILL, FRAME, RUN, SUMMARY = "file", "still", "frame", "run", "summary"
 PART_RECORDS = (STILL, FRAME)
 STATUSES = ("matched", "unknown", "skipped", "error")
@@ -71,7 +73,7 @@ CSV_FIELDS = [
 OPEN_FDS: set[int] = set()
 
 
-class ReportError(Exception):
+class ReportError(MatcherError):
     """The report file itself cannot be used (locked by another run, unwritable, not a report)."""
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from matcher.errors import MatcherError
+
 MAX_PIXELS = int(os.environ.get("MATCHER_MAX_PIXELS", 80_000_000))  # ~ a 10k x 8k still
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv"}
 
@@ -44,7 +46,7 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
 
 
-class InputError(Exception):
+class InputError(MatcherError):
     """An input that cannot be used; str() is the one-line reason shown to the user."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

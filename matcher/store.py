@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from matcher import ann
+from matcher.errors import MatcherError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE = "metadata.sqlite"
 
 
-class StoreError(Exception):
+class StoreError(MatcherError):
     """The index directory is missing, corrupt, or incompatible; str() is a one-line reason."""
 
 
@@ -333,6 +334,14 @@ class ReferenceStore:
             (sha256,),
         )
         return [Reference(title=r[1], episode=r[2], source=r[3], sha256=r[4], id=r[0]) for r in rows]
+
+    def sources_of_sha256(self, sha256: str) -> list[tuple[str, str]]:
+        """(title, source) of the files already indexed with this sha256 (stills of videos too)."""
+        rows = self.db.execute(
+            f"SELECT DISTINCT title, source FROM refs WHERE sha256 = ? AND {self._visible()} ORDER BY id",
+            (sha256,),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     def title_array(self, ids: np.ndarray) -> np.ndarray:
         """Titles for an array of ids (any shape), '' for -1 (no neighbour)."""
