@@ -243,10 +243,6 @@ class ReferenceStore:
     def _connect(root: Path) -> sqlite3.Connection:
         db = sqlite3.connect(root / DATABASE)
         db.executescript(_SCHEMA)
-        try:  # duplicate checks look stills up by sha256 (an older index gets the index on next open)
-            db.execute("CREATE INDEX IF NOT EXISTS refs_sha256 ON refs(sha256)")
-        except sqlite3.OperationalError:
-            pass  # read-only: the lookup scans instead
         columns = {row[1] for row in db.execute("PRAGMA table_info(refs)")}
         if "timestamp_end" not in columns:  # indexes written before the time range was kept
             try:
@@ -393,6 +389,9 @@ class ReferenceStore:
         self._writable()
         gen = self.manifest["generation"] + 1
         with self.db:
+            # duplicate checks look files up by sha256; created by the first write (a reader never
+            # changes the index; without it the lookup scans)
+            self.db.execute("CREATE INDEX IF NOT EXISTS refs_sha256 ON refs(sha256)")
             ids = [
                 self.db.execute(
                     "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
