@@ -187,3 +187,31 @@ def test_remove_title(cli_index):
     info = json.loads(run("index", "info", "--index", cli_index, "--json").output)
     assert "Ice Kingdom" not in info["titles"]
     assert run("index", "remove", "--index", cli_index, "--title", "Ice Kingdom").exit_code == 2
+
+
+def test_progress_bar_on_a_terminal_only(cli_index, tmp_path):
+    import pty
+
+    queries = tmp_path / "q"
+    queries.mkdir()
+    for s in range(3):
+        draw_frame("Sunny Farm", 500 + s).save(queries / f"q{s}.png")
+    env = dict(os.environ, MATCHER_INDEX=str(cli_index), PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [sys.executable, "-m", "matcher.cli", "match", str(queries)]
+    master, slave = pty.openpty()
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=slave, timeout=120)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert p.returncode == 0 and b"matching" in shown  # the bar, on the terminal
+    assert b"matching" not in p.stdout and len(p.stdout.splitlines()) == 4  # header + 3 rows
+    piped = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == b""  # no bar when stderr is not a terminal
