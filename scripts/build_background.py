@@ -148,6 +148,10 @@ def main() -> None:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         for package in packages:
             root = extract_styles.STYLES / package
+            if not provenance(package)["licence"]:
+                # e.g. crawl-tiles-data: its doc folder is a link into a package not unpacked here
+                print(f"{package}: skipped, no readable licence in its copyright file", flush=True)
+                continue
             kept = 0
             for digest, relpath, source in candidates(root):
                 if kept >= PER_PACKAGE:
@@ -162,7 +166,7 @@ def main() -> None:
                 entries.append({"file": name, "package": package, "path": relpath, "sha256": digest})
                 kept += 1
             if kept:
-                info = provenance(package)
+                info = provenance(package)  # computed twice: hashing a .deb is cheap next to the images
                 info["images"] = kept
                 notices.append(info)
             print(f"{package}: {kept} images", flush=True)

@@ -76,7 +76,8 @@ def licences(copyright_file: Path) -> list[str]:
         return []
     text = copyright_file.read_text(errors="replace")
     found = {m.strip() for m in re.findall(r"^License:\s*(\S.*)$", text, flags=re.M)}
-    found = sorted(f for f in found if not f.startswith("Files:"))
+    # a free-form file may start a sentence with "License:" too: those are prose, not a licence name
+    found = sorted(f for f in found if not f.startswith(("Files:", "This ")) and len(f) <= 60)
     if found:
         return found
     return [name for name, pattern in FREE_FORM.items() if re.search(pattern, text, flags=re.I)]
