@@ -242,27 +242,28 @@ def _kind_thresholds(info: dict) -> str:
 
 @index_app.command("calibrate")
 def index_calibrate(
-    unknown_share: float = typer.Option(
-        ...,
+    unknown_share: float | None = typer.Option(
+        None,
         "--unknown-share",
         min=0.01,
         max=0.99,
-        help="Expected share of inputs from productions NOT in the index (default at creation: 0.5).",
+        help="Expected share of inputs from productions NOT in the index (default: keep the index's, "
+        "0.5 at creation).",
     ),
     index: Path | None = IndexOpt,
     pretrained: str | None = PretrainedOpt,
     models_dir: Path | None = ModelsOpt,
 ) -> None:
-    """Refit the confidence for the share of unknown material you expect in a dump."""
+    """Refit the confidence (for the share of unknown material you expect in a dump); an index written
+    before the background set existed embeds it here."""
     try:
         m = Matcher.open(index, pretrained=pretrained, models_dir=models_dir)
         cal = m.recalibrate(unknown_share=unknown_share)
     except MatcherError as exc:
         _die(str(exc))
     kinds = _kind_thresholds(m.info())
-    typer.echo(
-        f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}{kinds}"
-    )
+    share, threshold = cal.unknown_share, cal.threshold
+    typer.echo(f"recalibrated for {share:.0%} unknown inputs; unknown threshold {threshold:.3f}{kinds}")
 
 
 @index_app.command("remove")

@@ -215,3 +215,21 @@ def test_progress_bar_on_a_terminal_only(cli_index, tmp_path):
     assert b"matching" not in p.stdout and len(p.stdout.splitlines()) == 4  # header + 3 rows
     piped = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
     assert piped.returncode == 0 and piped.stderr == b""  # no bar when stderr is not a terminal
+
+
+def test_an_index_from_before_the_background_set_says_so_and_calibrate_embeds_it(tmp_path, library):
+    idx = tmp_path / "idx"
+    for title in ("Sunny Farm", "Night Patrol"):
+        assert run("index", "add", "--index", idx, "--title", title, *library[title][:12]).exit_code == 0
+    manifest = json.loads((idx / "manifest.json").read_text())
+    for key in ("background", "background_set"):
+        del manifest[key]  # as an index written before this version
+    manifest["calibration"].update(known_probes=0, unknown_probes=0)
+    (idx / "manifest.json").write_text(json.dumps(manifest))
+    info = json.loads(run("index", "info", "--index", idx, "--json").output)
+    assert "older version" in info["calibration_warning"] and info["background_set"] is None
+    res = run("index", "calibrate", "--index", idx)
+    assert res.exit_code == 0 and "recalibrated for 50% unknown inputs" in res.output
+    info = json.loads(run("index", "info", "--index", idx, "--json").output)
+    assert info["background_set"]["images"] == 751 and info["calibration_probes"]["unknown"] > 500
+    assert "older version" not in (info["calibration_warning"] or "")
