@@ -88,7 +88,8 @@ def test_run_header_says_what_produced_the_verdicts(two_titles, tmp_path):
     assert run["threshold"] == info["threshold"] and run["unknown_share"] == info["unknown_share"]
     assert run["min_confidence_override"] == 0.99999
     assert run["host"] == socket.gethostname() and run["user"] == getpass.getuser()
-    assert run["command_line"]
+    assert run["command_line"] and "calibration_warning" in run and "grey_threshold" in run
+    assert run["background_set"] == info["background_set"]["sha256"]
     files = {r["path"]: r for r in recs if r["record"] == "file"}
     assert files["copy.png"]["identical"]["sha256"] == file_sha256(refs["Sunny Farm"][1])
     assert "byte-identical" in files["copy.png"]["reason"]
