@@ -184,7 +184,7 @@ def _fit_band(store, rows, titles, title_ids, scales, k, unknown_share, coverage
             continue
         sims, ids = store.search(queries, 1, only_ids=title_ids[t])
         sims = rescale(sims, ids, np.concatenate([scale[others], bscale]))
-        # as for the unknown probes below: the background set weighs as one more production
+        # as for the unknown probes below: the background set carries background_share() of the weight
         n_cross, n_bg = int(others.sum()), len(bv)
         bg_mass = background_share(len(titles)) if n_cross else 1.0
         wt = np.concatenate(
