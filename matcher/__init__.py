@@ -1,22 +1,35 @@
 """matcher: which animated production does a leaked frame belong to?
 
-Public API: `Matcher` (create / open / add / match / match_many) and the result types.
+Public API: `Matcher` (create / open / rebuild / add / match / match_many / match_dump), the result
+types, and the errors: every error matcher raises to its user derives from `MatcherError`.
 Imports are lazy so that `match cel.png` pays only for what it uses (no torch for `classic`).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Matcher", "MatcherError", "MatchResult", "TitleScore", "Evidence", "__version__"]
+
+# name -> module that defines it
+_EXPORTS = {
+    "Matcher": "matcher.api",
+    "DuplicateInput": "matcher.api",
+    "MatcherError": "matcher.errors",
+    "StoreError": "matcher.store",
+    "EmbedderError": "matcher.embedders",
+    "InputError": "matcher.sources",
+    "ReportError": "matcher.report",
+    "MatchResult": "matcher.results",
+    "TitleScore": "matcher.results",
+    "Evidence": "matcher.results",
+    "DumpStats": "matcher.dump",
+    "run_dump": "matcher.dump",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("Matcher", "MatcherError"):
-        from matcher import api
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(api, name)
-    if name in ("MatchResult", "TitleScore", "Evidence"):
-        from matcher import results
-
-        return getattr(results, name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'matcher' has no attribute {name!r}")

@@ -21,20 +21,37 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matcher import calibration
+from matcher import background, calibration
 from matcher.embedders import Embedder, EmbedderError, create_embedder
 from matcher.pipeline import embed_stills
-from matcher.results import MatchResult
+from matcher.results import MatchResult, TitleScore
 from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
-from matcher.sources import Still
-from matcher.store import IndexExists, Reference, ReferenceStore, StoreError, db_text
+from matcher.sources import InputError, Still
+from matcher.store import (
+    IndexExists,
+    Reference,
+    ReferenceStore,
+    StoreError,
+    db_text,
+    recorded_sources,
+    take_writer_lock,
+)
 
 DEFAULT_INDEX = "index"
 BATCH = 32
 
 
-class MatcherError(Exception):
-    """A run-level problem (no index, wrong model, unreadable weights): str() is one line for the user."""
+from matcher.errors import MatcherError  # noqa: E402 (re-exported: the base of every matcher error)
+
+
+class DuplicateInput(InputError):
+    """An input `Matcher.add` skipped because a file with the same sha256 is already indexed (or came
+    earlier in the same call). ``other_title``: the title it is indexed under, when not this one (the
+    same content under two titles is refused)."""
+
+    def __init__(self, path, reason: str, other_title: str | None = None):
+        super().__init__(path, reason)
+        self.other_title = other_title
 
 
 def default_index_dir(index: str | os.PathLike | None = None) -> Path:
@@ -50,6 +67,7 @@ class Matcher:
         self.embedder = embedder
         self.k = k
         self._scorer: TitleScorer | None = None
+        self._video_every: dict[str, float] = {}  # video source -> --every, for `index rebuild`
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -77,7 +95,29 @@ class Matcher:
             raise MatcherError(str(exc)) from None
         except (OSError, sqlite3.Error) as exc:
             raise MatcherError(f"{index_dir}: cannot create the index ({exc})") from None
-        return cls(store, embedder)
+        m = cls(store, embedder)
+        try:
+            with m._writing():
+                m._embed_background()
+                store.save()
+        except BaseException:
+            m.close()
+            raise
+        return m
+
+    def _embed_background(self) -> None:
+        """Embed the shipped background set with this index's model, unless the index holds it already
+        (same set, same model). Called when an index is created and before every refit."""
+        info = {
+            "sha256": background.set_sha256(),
+            "images": background.size(),
+            "fingerprint": self.embedder.fingerprint,
+            "spec": self.embedder.spec,
+        }
+        if self.store.manifest.get("background_set") == info and self.store.manifest.get("background"):
+            return
+        bg = background.embed(self.embedder)
+        self.store.set_background(bg["vectors"], bg["kinds"], info)
 
     @contextlib.contextmanager
     def _writing(self):
@@ -123,14 +163,15 @@ class Matcher:
                 raise MatcherError(
                     f"{index_dir}: model mismatch: the index was built with another version of "
                     f"{info['spec']} ({info['fingerprint']}, dim {info['dim']}; this matcher has "
-                    f"{embedder.fingerprint}, dim {embedder.dim}); rebuild it: matcher index add --index "
-                    f"{index_dir} ..."
+                    f"{embedder.fingerprint}, dim {embedder.dim}); rebuild it from its recorded sources: "
+                    f"matcher index rebuild --index {index_dir}"
                 )
             raise MatcherError(
                 f"{index_dir}: model mismatch: the index was built with {info['spec']} "
                 f"(weights {info['fingerprint']}, dim {info['dim']}) but the available model is "
                 f"{embedder.spec} (weights {embedder.fingerprint}, dim {embedder.dim}); "
-                f"pass the original weights with --pretrained or rebuild the index"
+                f"pass the original weights with --pretrained, or re-embed it with these: "
+                f"matcher index rebuild --index {index_dir}"
             )
         m = cls(store, embedder)
         try:  # a damaged calibration is refused here, not as a traceback in the middle of a run
@@ -142,6 +183,84 @@ class Matcher:
                 f"({type(exc).__name__}: {exc})"
             ) from None
         return m
+
+    @classmethod
+    def rebuild(
+        cls,
+        index_dir: str | os.PathLike | None = None,
+        pretrained: str | None = None,
+        models_dir: str | os.PathLike | None = None,
+        device: str | None = None,
+        on_error=None,
+    ) -> Matcher:
+        """Re-embed an index from the sources it recorded, with this version's model of the same spec
+        (after a descriptor change, or to re-embed with other weights of the same architecture).
+
+        Every source must still be where it was indexed, with the same sha256: otherwise nothing is
+        changed and a MatcherError lists the first few that moved or changed. The new index is built
+        beside the old one and put in its place when complete; the old one is kept as
+        ``<index>.before-rebuild`` until then, and removed after. The index's writer lock is held
+        throughout."""
+        index_dir = default_index_dir(index_dir)
+        try:
+            lock = take_writer_lock(index_dir)  # no other writer while the index is read and replaced
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+        try:
+            return cls._rebuild(index_dir, pretrained, models_dir, device, on_error)
+        finally:
+            lock.release(force=True)
+
+    @classmethod
+    def _rebuild(cls, index_dir: Path, pretrained, models_dir, device, on_error) -> Matcher:
+        import shutil
+
+        from matcher.sources import file_sha256
+
+        try:
+            manifest, rows = recorded_sources(index_dir)
+        except StoreError as exc:
+            raise MatcherError(str(exc)) from None
+        info = manifest.get("embedder") or {}
+        video_every = manifest.get("video_every") or {}
+        share = (manifest.get("calibration") or {}).get("unknown_share", 0.5)
+        problems = []
+        for _title, _episode, source, sha in rows:
+            if source.startswith("<") or not os.path.isfile(source):
+                problems.append(f"{source}: no longer there")
+            elif sha and file_sha256(source) != sha:
+                problems.append(f"{source}: changed since it was indexed (sha256 differs)")
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise MatcherError(
+                f"{index_dir}: cannot rebuild, {len(problems)} recorded source(s) moved or changed: "
+                + "; ".join(problems[:3])
+                + more
+                + "; put them back, or build a new index with 'matcher index add'"
+            )
+        tmp = index_dir.with_name(index_dir.name + ".rebuilding")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        m = cls.create(
+            tmp,
+            model=info["spec"],
+            pretrained=pretrained or info.get("pretrained"),
+            models_dir=models_dir,
+            device=device,
+        )
+        groups: dict[tuple, list[str]] = {}
+        for title, episode, source, _sha in rows:
+            groups.setdefault((title, episode, video_every.get(source, 1.0)), []).append(source)
+        for (title, episode, every), sources in groups.items():
+            m.add(sources, title=title, episode=episode, every=every, on_error=on_error)
+        if share != 0.5:
+            m.recalibrate(unknown_share=share)
+        m.close()
+        backup = index_dir.with_name(index_dir.name + ".before-rebuild")
+        os.replace(index_dir, backup)
+        os.replace(tmp, index_dir)
+        shutil.rmtree(backup, ignore_errors=True)
+        return cls.open(index_dir, pretrained=pretrained, models_dir=models_dir, device=device)
 
     @classmethod
     def open_or_create(cls, index_dir, model: str | None = None, **options) -> Matcher:
@@ -179,20 +298,24 @@ class Matcher:
         names: Sequence[str] | None = None,
         on_error=None,
         seed: int = 0,
+        on_still=None,
     ) -> int:
         """Add reference stills of one title: image files, directories (recursive), videos (a still
         every ``every`` seconds) or PIL images (``names`` labels them as evidence). Appends to the
         index, recalibrates, and saves atomically. Returns the number of stills added.
 
         Unreadable inputs are reported to ``on_error(InputError)`` and skipped; without a callback the
-        first one raises."""
+        first one raises. ``on_still(still)`` is called for every still decoded (progress bars).
+        Files already in the index (same sha256) are skipped and reported the same
+        way (``DuplicateInput``): under this title they would be counted twice, under another one the
+        same picture would belong to two productions and tie with itself."""
         if not title or not title.strip():
             raise MatcherError("a title is required")
         title = db_text(title)  # as the metadata stores it (bytes that are not UTF-8 as \\xNN)
         with self._writing():
-            return self._add(items, title, episode, every, names, on_error, seed)
+            return self._add(items, title, episode, every, names, on_error, seed, on_still)
 
-    def _add(self, items, title, episode, every, names, on_error, seed) -> int:
+    def _add(self, items, title, episode, every, names, on_error, seed, on_still) -> int:
         self._probes()  # a damaged probe file stops the add before any still is decoded
         rng = np.random.default_rng(seed + self.store.count)
         n_probes = calibration.probes_per_title(len(set(self.store.titles()) | {title}))
@@ -215,6 +338,9 @@ class Matcher:
                 for s in batch
             ]
             ids = self.store.add(vecs, refs)
+            for r in refs:  # `index rebuild` samples each video again as it was sampled
+                if r.timestamp is not None and not r.source.startswith("<"):
+                    self._video_every[r.source] = every
             for s, rid in zip(batch, ids):
                 seen_for_probes += 1
                 if len(probe_images) < n_probes:
@@ -228,9 +354,45 @@ class Matcher:
 
         # Decoded in worker processes while the previous batch is embedded (matcher.pipeline);
         # videos are sampled at scene changes too, near-identical consecutive stills dropped.
+        first_path: dict[str, str] = {}  # sha256 -> the file of this call that brought it
+        refused: set[str] = set()
+
+        def duplicate(still) -> DuplicateInput | None:
+            sha = still.sha256
+            if not sha:
+                return None  # in-memory images: no file identity
+            if sha in refused:
+                return DuplicateInput(still.path, "")  # a further still of a refused video: no new line
+            if sha in first_path:
+                if first_path[sha] == still.path:
+                    return None  # the next still of a video of this call
+                refused.add(sha)
+                return DuplicateInput(still.path, f"same content (sha256) as {first_path[sha]}: skipped")
+            known = self.store.sources_of_sha256(sha)
+            if not known:
+                first_path[sha] = still.path
+                return None
+            refused.add(sha)
+            same = [src for t, src in known if t == title]
+            if same:
+                return DuplicateInput(still.path, f"already in the index (sha256, as {same[0]}): skipped")
+            other, src = known[0]
+            return DuplicateInput(
+                still.path,
+                f"same content (sha256) already indexed as {other!r} ({src}): not added under {title!r}",
+                other_title=other,
+            )
+
         for e in embed_stills(
             items, self.embedder, every=every, distinct=True, names=names, keep_images=True
         ):
+            if on_still is not None and e.still is not None:
+                on_still(e.still)
+            if e.error is None:
+                dup = duplicate(e.still)
+                if dup is not None and not dup.reason:
+                    continue
+                e.error = dup
             if e.error is not None:
                 if on_error is None:
                     raise e.error
@@ -248,6 +410,7 @@ class Matcher:
     def _probes(self) -> dict:
         """The index's calibration probes (read on first use); a damaged file is a MatcherError."""
         try:
+            self.store.background  # noqa: B018 (read now: a damaged file stops the change early)
             return self.store.probes
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
@@ -291,13 +454,19 @@ class Matcher:
             raise MatcherError(f"unknown share must be between 0 and 1 (exclusive), not {unknown_share}")
         with self._writing():
             self._probes()
+            self._embed_background()
             cal = calibration.fit(
                 self.store,
                 k=self.k,
                 coverage=getattr(self.embedder, "coverage", None),
                 unknown_share=unknown_share,
             )
-            self.store.save(calibration=cal.to_dict(), threshold=cal.threshold)
+            updates = {"calibration": cal.to_dict(), "threshold": cal.threshold}
+            if self._video_every:
+                recorded = self.store.manifest.get("video_every") or {}
+                updates["video_every"] = {**recorded, **self._video_every}
+                self._video_every = {}
+            self.store.save(**updates)
         self._scorer = None
         return cal
 
@@ -322,7 +491,9 @@ class Matcher:
         """Score a made-up neighbour list at full, grey and line-art coverage: every calibration
         field the scorer reads is read once. (No search: a FAISS search here would start OpenMP
         threads whose spinning costs `match cel.png` ~50 ms on 2 cores.)"""
-        titles = list(self.store.titles())[:2] or ["-"]
+        titles = list(self.store.titles())[:2]
+        if not titles:  # an empty index: nothing is scored (`match` says the index is empty)
+            return
         sims = np.linspace(0.9, 0.5, len(titles)).astype(np.float32)
         ids = np.arange(1, len(titles) + 1)
         for coverage in (1.0, 0.5, 0.05):
@@ -363,6 +534,25 @@ class Matcher:
                 yield from scored()
         yield from scored() if batch else ()
 
+    def match_dump(
+        self,
+        root: str | os.PathLike,
+        out: str | os.PathLike | None = None,
+        csv: str | os.PathLike | None = None,
+        html: str | os.PathLike | None = None,
+        **options,
+    ):
+        """Dump mode from Python (what `matcher match DUMP --out/--csv/--html` runs): every entry of
+        ``root`` gets one verdict in the JSONL ``out`` (resumable), with optional CSV and HTML
+        reports. ``options``: every, all_frames, workers, min_confidence, quiet, on_record (see
+        matcher.dump.DumpRun). Returns DumpStats (counts, per-title summary)."""
+        from matcher import dump
+
+        if not Path(root).is_dir():
+            raise MatcherError(f"{root}: not a directory (dump mode matches one dump directory)")
+        options.setdefault("quiet", True)
+        return dump.run_dump(root, self, out=out, csv=csv, html=html, **options)
+
     def match_vectors(self, vectors: np.ndarray, min_confidence: float | None = None) -> list[MatchResult]:
         """Score already-embedded queries (for pipelines that embed elsewhere)."""
         return self._score(vectors, [None] * len(vectors), min_confidence)
@@ -378,18 +568,43 @@ class Matcher:
             titles = np.array([refs[i].title if i in refs else "" for i in ids[row]], dtype=object)
             ranking = self.scorer.rank(scaled[row], titles, ids[row], coverage=float(evidence[row]))
             title, conf, cands = self.scorer.score(ranking, threshold=min_confidence)
-            out.append(
-                MatchResult(
-                    path=still.path if still else None,
-                    sha256=still.sha256 if still else None,
-                    title=title,
-                    confidence=conf,
-                    candidates=cands,
-                    evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
-                    timestamp=still.timestamp if still else None,
-                )
+            default_threshold = ranking.calibration.threshold_for(ranking.coverage)
+            override_changed = False
+            if min_confidence is not None:  # what the index's own threshold says, to mark a changed verdict
+                override_changed = self.scorer.score(ranking)[0] != title
+            result = MatchResult(
+                path=still.path if still else None,
+                sha256=still.sha256 if still else None,
+                title=title,
+                confidence=conf,
+                candidates=cands,
+                evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
+                timestamp=still.timestamp if still else None,
+                calibration_warning=ranking.calibration.warning(),
+                threshold=default_threshold if min_confidence is None else min_confidence,
+                override_changed=override_changed,
+                tie=TitleScorer.tied(ranking) if len(TitleScorer.tied(ranking)) > 1 else [],
             )
+            if still is not None and still.sha256 and still.timestamp is None:
+                self._mark_identical(result)
+            out.append(result)
         return out
+
+    def _mark_identical(self, result: MatchResult) -> None:
+        """A file that is byte for byte a reference file is that reference: say so (sha256), with
+        certainty, instead of a similarity. Same content under two titles: a tie, no title."""
+        same = self.store.references_by_sha256(result.sha256)
+        if not same:
+            return
+        titles = sorted({r.title for r in same})
+        first = same[0]
+        result.identical = {"reference": first.source, "sha256": first.sha256, "title": first.title}
+        if len(titles) > 1:
+            result.title, result.tie = None, titles
+            return
+        result.title, result.confidence, result.tie = first.title, 1.0, []
+        rest = [c for c in result.candidates if c.title != first.title]
+        result.candidates = [TitleScore(first.title, 1.0), *(TitleScore(c.title, 0.0) for c in rest)]
 
     # ------------------------------------------------------------------ info
     def info(self) -> dict:

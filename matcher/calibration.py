@@ -118,26 +118,31 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 300)
 
 
 def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibration:
-    """Fit a Calibration from the probes stored in the index.
+    """Fit a Calibration from the probes stored in the index and its background set.
 
     ``coverage`` is the embedder's ``coverage(vectors)`` when it has one (see scoring.evidence_scale):
     probes are scored on the same scale as queries; sketch probes (scoring.is_sketch) fit the sketch
     parameters and near-blank probes none. Mixed in, a few near-blank probes scaled up 5x used to
-    inflate a title's background spread (measured: seen grey top-1 85.8% -> 94.1% once left out)."""
+    inflate a title's background spread (measured: seen grey top-1 85.8% -> 94.1% once left out).
+
+    The background set (background.py; ``store.background``) stands for productions not in the index:
+    its images are unknown probes and part of every title's background spread, so an index of one
+    title is calibrated too (before it, one title meant no unknown probe at all)."""
     probes = store.probes
+    background = store.background
     titles = sorted(store.titles())
     n = len(probes["titles"])
-    if n == 0 or len(titles) < 2:
+    if n == 0 or not titles or (len(titles) < 2 and not len(background["vectors"])):
         return Calibration(probes=n)
-    qv = probes["vectors"]
-    scale = evidence_scale(coverage, qv)
-    cov = coverage_of(coverage, qv)
-    sketch = is_sketch(cov)
-    main = cov >= SKETCH_COVERAGE[1]
+    qv, bv = probes["vectors"], background["vectors"]
+    scale, bscale = evidence_scale(coverage, qv), evidence_scale(coverage, bv)
+    cov, bcov = coverage_of(coverage, qv), coverage_of(coverage, bv)
     title_ids = {t: store.ids_of_title(t) for t in titles}  # one query per title, used by both bands
-    cal = _fit_band(store, np.flatnonzero(main), titles, title_ids, scale, k, unknown_share, cov)
-    if sketch.any():
-        band = _fit_band(store, np.flatnonzero(sketch), titles, title_ids, scale, k, unknown_share)
+    main = (np.flatnonzero(cov >= SKETCH_COVERAGE[1]), np.flatnonzero(bcov >= SKETCH_COVERAGE[1]))
+    cal = _fit_band(store, main, titles, title_ids, (scale, bscale), k, unknown_share, (cov, bcov))
+    sketch = (np.flatnonzero(is_sketch(cov)), np.flatnonzero(is_sketch(bcov)))
+    if len(sketch[0]):
+        band = _fit_band(store, sketch, titles, title_ids, (scale, bscale), k, unknown_share)
         if band.fitted:
             band.rank_by = "similarity"  # see scoring.py: a sketch's z ranking is noise-driven
             cal.sketch = band
@@ -145,87 +150,140 @@ def fit(store, k: int = 64, coverage=None, unknown_share: float = 0.5) -> Calibr
     return cal
 
 
-def _fit_band(store, rows, titles, title_ids, scale, k, unknown_share, coverage=None) -> Calibration:
-    """Scorer parameters fitted on the probes ``rows`` (indices into store.probes). With ``coverage``
-    (per probe), probes below GREY_COVERAGE get their own unknown threshold (see _threshold)."""
-    probes = store.probes
-    qv, qids, qtitles = probes["vectors"][rows], probes["ref_ids"][rows], probes["titles"][rows]
-    scale = scale[rows]
-    n = len(rows)
-    cal = Calibration(probes=n, unknown_share=unknown_share)
+def background_share(n_titles: int) -> float:
+    """The background set's share of the unknown probes' weight (and of every title's background
+    spread) in an index of ``n_titles`` titles: 1/n_titles. The index's own titles stand in for
+    other productions better as they grow in number; pooled by count instead, the background's ~1000
+    images of game art set a 5-title index's threshold alone (benchmark: decision accuracy 51.8% ->
+    46.9%), while one third of the weight let 2-title indexes give 6-7% of other productions a
+    title (docs/BENCHMARKS.md, "Small libraries")."""
+    return 1.0 / max(n_titles, 1)
+
+
+def _fit_band(store, rows, titles, title_ids, scales, k, unknown_share, coverage=None) -> Calibration:
+    """Scorer parameters fitted on the probes ``rows = (probe rows, background rows)`` (indices into
+    store.probes and store.background). With ``coverage`` (per probe, per background image), probes
+    below GREY_COVERAGE get their own unknown threshold (see _threshold)."""
+    probes, background = store.probes, store.background
+    prow, brow = rows
+    qv, qids, qtitles = probes["vectors"][prow], probes["ref_ids"][prow], probes["titles"][prow]
+    scale, bscale = scales[0][prow], scales[1][brow]
+    bv = background["vectors"][brow]
+    n = len(prow)
+    cal = Calibration(probes=n, unknown_share=unknown_share, background=len(brow))
     if n == 0:
         return cal
 
-    # 1. Background stats: each title's best similarity to probes of the other titles.
+    # 1. Background stats: each title's best similarity to probes of the other titles and to the
+    #    background set.
     pooled = []
     for t in titles:
         others = qtitles != t
-        if not others.any():
+        queries = np.concatenate([qv[others], bv])
+        if not len(queries):
             continue
-        sims, ids = store.search(qv[others], 1, only_ids=title_ids[t])
-        sims = rescale(sims, ids, scale[others])
-        s = sims[:, 0][sims[:, 0] > -1e30]
+        sims, ids = store.search(queries, 1, only_ids=title_ids[t])
+        sims = rescale(sims, ids, np.concatenate([scale[others], bscale]))
+        # as for the unknown probes below: the background set carries background_share() of the weight
+        n_cross, n_bg = int(others.sum()), len(bv)
+        bg_mass = background_share(len(titles)) if n_cross else 1.0
+        wt = np.concatenate(
+            [np.full(n_cross, (1 - bg_mass) / max(n_cross, 1)), np.full(n_bg, bg_mass / max(n_bg, 1))]
+        )
+        found = sims[:, 0] > -1e30
+        s, wt = sims[:, 0][found], wt[found]
         if len(s) == 0:
             continue
-        cal.mu[t], cal.sigma[t], cal.n[t] = float(s.mean()), float(max(s.std(), 1e-3)), int(len(s))
-        pooled.append(s)
+        mu = float(np.average(s, weights=wt))
+        sd = float(np.sqrt(np.average((s - mu) ** 2, weights=wt)))
+        cal.mu[t], cal.sigma[t], cal.n[t] = mu, max(sd, 1e-3), int(len(s))
+        pooled.append((s, wt / wt.sum()))
     if pooled:
-        allv = np.concatenate(pooled)
-        cal.global_mu, cal.global_sigma = float(allv.mean()), float(max(allv.std(), 1e-3))
+        allv, allw = np.concatenate([p[0] for p in pooled]), np.concatenate([p[1] for p in pooled])
+        gmu = float(np.average(allv, weights=allw))
+        cal.global_mu = gmu
+        cal.global_sigma = float(max(np.sqrt(np.average((allv - gmu) ** 2, weights=allw)), 1e-3))
     scorer = TitleScorer(cal, titles)
 
     # 2. Features of known and unknown pseudo-queries.
     # Batched: known = one search with k+1 neighbours, each probe's own still dropped (the same
-    # top k as excluding it); unknown = one search per title with that title excluded.
+    # top k as excluding it); unknown = one search per title with that title excluded, and the
+    # background set against the whole index.
     feats, labels, kinds, grey = [], [], [], []
-    is_grey = coverage[rows] < GREY_COVERAGE if coverage is not None else np.zeros(n, bool)
+    is_grey = coverage[0][prow] < GREY_COVERAGE if coverage is not None else np.zeros(n, bool)
+    bg_grey = coverage[1][brow] < GREY_COVERAGE if coverage is not None else np.zeros(len(brow), bool)
 
-    def add(sel, sims, ids, kind):
-        sims = rescale(sims, ids, scale[sel])
+    def add(sims, ids, scale_rows, truth, kind, grey_rows):
+        sims = rescale(sims, ids, scale_rows)
         found = store.title_array(ids)
-        for j, i in enumerate(sel):
+        for j in range(len(sims)):
             r = scorer.rank(sims[j], found[j], ids[j])
             if not r.titles:
                 continue
             feats.append((r.z_top, r.margin))
-            labels.append(1.0 if (kind == "known" and r.titles[0] == qtitles[i]) else 0.0)
+            labels.append(1.0 if (truth is not None and r.titles[0] == truth[j]) else 0.0)
             kinds.append(kind)
-            grey.append(is_grey[i])
+            grey.append(grey_rows[j])
 
     sims, ids = store.search(qv, k + 1)
     own = ids == qids[:, None]
     keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # drop the own still, keep the order
-    add(np.arange(n), np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), "known")
-    for t in titles:
-        sel = np.flatnonzero(qtitles == t)
-        if len(sel):
-            sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
-            add(sel, sims, ids, "unknown")
+    add(np.take_along_axis(sims, keep, 1), np.take_along_axis(ids, keep, 1), scale, qtitles, "known", is_grey)
+    if len(titles) > 1:
+        for t in titles:
+            sel = np.flatnonzero(qtitles == t)
+            if len(sel):
+                sims, ids = store.search(qv[sel], k, exclude_ids=title_ids[t])
+                add(sims, ids, scale[sel], None, "unknown", is_grey[sel])
+    if len(bv):
+        sims, ids = store.search(bv, k)
+        add(sims, ids, bscale, None, "background", bg_grey)
     x, y, kinds, grey = np.array(feats), np.array(labels), np.array(kinds), np.array(grey, bool)
+    cal.known_probes = int((kinds == "known").sum())
+    cal.unknown_probes = int((kinds == "unknown").sum() + (kinds == "background").sum())
+    cal.known_stills = int(len(np.unique(qids)))
     if len(np.unique(y)) < 2:
         cal.fitted = False
         return cal
     # The share of unknown material in a dump is not known in advance: by default known and unknown
     # probes weigh the same in total (0.5); an investigator who knows better sets unknown_share.
-    n_known, n_unknown = max((kinds == "known").sum(), 1), max((kinds == "unknown").sum(), 1)
-    w = np.where(kinds == "known", (1 - unknown_share) / n_known, unknown_share / n_unknown)
-    beta = _fit_logistic(x, y, w * len(w))
+    # The unknown weight is shared between the index's own leave-title-out probes and the background
+    # set (background_share); with one title the background is all there is.
+    bg_mass = background_share(len(titles)) if (kinds == "unknown").any() else 1.0
+    mass = {
+        "known": 1 - unknown_share,
+        "unknown": unknown_share * (1 - bg_mass),
+        "background": unknown_share * bg_mass,
+    }
+    w = np.zeros(len(kinds))
+    for kind, total in mass.items():
+        sel = kinds == kind
+        if sel.any():
+            w[sel] = total / sel.sum()
+    beta = _fit_logistic(x, y, w * len(w) / w.sum())
     cal.weights = (float(beta[0]), float(beta[1]), float(beta[2]))
     cal.fitted = True
     # 3. Thresholds: at least 0.5 (more likely right than wrong), raised until at most 2% of the
     #    unknown probes would be attributed to a title; separately for colour and grey probes when
     #    there are enough of each, so that the 2% holds for each kind of query, not only on average.
-    unknown = kinds == "unknown"
+    unknown = kinds != "known"
     if min((unknown & grey).sum(), (unknown & ~grey).sum()) >= MIN_THRESHOLD_PROBES:
-        cal.threshold = _threshold(cal, x[unknown & ~grey])
-        cal.grey_threshold = _threshold(cal, x[unknown & grey])
+        cal.threshold = _threshold(cal, x[unknown & ~grey], w[unknown & ~grey])
+        cal.grey_threshold = _threshold(cal, x[unknown & grey], w[unknown & grey])
     else:  # too few of one kind (or no coverage: no grey probes): one threshold for all
-        cal.threshold = _threshold(cal, x[unknown])
+        cal.threshold = _threshold(cal, x[unknown], w[unknown])
     return cal
 
 
-def _threshold(cal: Calibration, x_unknown: np.ndarray) -> float:
-    """The lowest confidence >= 0.5 that at most MAX_FALSE_ATTRIBUTION of these unknown probes reach."""
-    p = cal.probability(x_unknown[:, 0], x_unknown[:, 1]) if len(x_unknown) else np.zeros(0)
-    q = float(np.quantile(p, 1 - MAX_FALSE_ATTRIBUTION)) if len(p) else 0.5
+def _threshold(cal: Calibration, x_unknown: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The lowest confidence >= 0.5 that at most MAX_FALSE_ATTRIBUTION of these unknown probes reach
+    (by weight, when ``weights`` are given)."""
+    if not len(x_unknown):
+        return 0.5
+    p = cal.probability(x_unknown[:, 0], x_unknown[:, 1])
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, dtype=np.float64)
+    order = np.argsort(p)
+    cum = np.cumsum(w[order]) / w.sum()
+    # the smallest p with at most MAX_FALSE_ATTRIBUTION of the weight above it
+    q = float(p[order][np.searchsorted(cum, 1 - MAX_FALSE_ATTRIBUTION, side="left").clip(0, len(p) - 1)])
     return float(min(max(0.5, q + 1e-6), 0.99))

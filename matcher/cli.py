@@ -11,23 +11,83 @@ Run-level problems print one line on stderr and exit 2; per-file problems are re
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from matcher.api import Matcher, MatcherError, default_index_dir
+from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
 from matcher.results import json_line, safe_text
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Tell which animated production a frame belongs to.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
+    context_settings=HELP,
 )
-index_app = typer.Typer(help="Build and inspect the reference index.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Build and inspect the reference index.", no_args_is_help=True, context_settings=HELP
+)
 app.add_typer(index_app, name="index")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from matcher import __version__
+
+        typer.echo(f"matcher {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Tell which animated production a frame belongs to."""
+    _check_environment()
+
+
+@contextmanager
+def _progress(total: int, what: str):
+    """A rich progress bar on stderr, only when stderr is a terminal and there is more than one item;
+    yields advance(n=1)."""
+    if total < 2 or not sys.stderr.isatty():
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def _count_files(paths) -> int:
+    """Files under the inputs (no decoding); missing inputs count as one (they get an error line)."""
+    from matcher.sources import InputError, walk
+
+    n = 0
+    for p in paths:
+        try:
+            n += sum(1 for _ in walk([p]))
+        except InputError:
+            n += 1
+    return n
+
 
 IndexOpt = typer.Option(None, "--index", help="Index directory (default: $MATCHER_INDEX, else ./index).")
 PretrainedOpt = typer.Option(
@@ -43,7 +103,6 @@ def _die(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.callback()
 def _check_environment() -> None:
     """Settings from the environment are checked before any command runs."""
     from matcher.sources import MAX_PIXELS_PROBLEM
@@ -72,6 +131,64 @@ def index_add(
     device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
 ) -> None:
     """Add reference stills of one title (creates the index if absent; appends otherwise)."""
+    problems, duplicates = [], []
+
+    def report(exc):
+        same_title = isinstance(exc, DuplicateInput) and exc.other_title is None
+        (duplicates if same_title else problems).append(exc)
+        typer.echo(f"matcher: skipped {exc}", err=True)
+
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        _die(
+            f"{missing[0]}: no such file or directory"
+            + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
+    total = _count_files(paths)
+    if total == 0:
+        _die(f"no files in {', '.join(map(str, paths))}: nothing to add")
+    try:
+        m = Matcher.open_or_create(
+            index, model=model, pretrained=pretrained, models_dir=models_dir, device=device
+        )
+        with _progress(total, f"indexing {title}") as advance:
+            seen: set = set()
+
+            def on_still(still):
+                if still.path not in seen:
+                    seen.add(still.path)
+                    advance()
+
+            n = m.add(paths, title=title, episode=episode, every=every, on_error=report, on_still=on_still)
+    except MatcherError as exc:
+        _die(str(exc))
+    info = m.info()
+    if n == 0:
+        if duplicates and not problems:
+            typer.echo(f"nothing added: every input is already in {info['index']} (same sha256)")
+            return
+        _die(f"no stills were added to {info['index']}: every input was skipped (see above)")
+    typer.echo(
+        f"added {n} stills of {safe_text(repr(title))} to {safe_text(info['index'])} "
+        f"({info['references']} references, {len(info['titles'])} titles, model {info['model']})"
+    )
+    if duplicates:
+        typer.echo(
+            f"{len(duplicates)} input(s) already in the index (same sha256), not added again", err=True
+        )
+    if problems:
+        typer.echo(f"{len(problems)} input(s) skipped, see above", err=True)
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    index: Path | None = IndexOpt,
+    pretrained: str | None = PretrainedOpt,
+    models_dir: Path | None = ModelsOpt,
+    device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
+) -> None:
+    """Re-embed the index from the sources it recorded, with this version's model (after a model or
+    descriptor change). Every source must still be where it was indexed, unchanged."""
     problems = []
 
     def report(exc):
@@ -79,21 +196,18 @@ def index_add(
         typer.echo(f"matcher: skipped {safe_text(exc)}", err=True)
 
     try:
-        m = Matcher.open_or_create(
-            index, model=model, pretrained=pretrained, models_dir=models_dir, device=device
+        m = Matcher.rebuild(
+            index, pretrained=pretrained, models_dir=models_dir, device=device, on_error=report
         )
-        n = m.add(paths, title=title, episode=episode, every=every, on_error=report)
     except MatcherError as exc:
         _die(str(exc))
     info = m.info()
     typer.echo(
-        f"added {n} stills of {safe_text(repr(title))} to {safe_text(info['index'])} "
-        f"({info['references']} references, {len(info['titles'])} titles, model {info['model']})"
+        f"rebuilt {safe_text(info['index'])}: {info['references']} references, {len(info['titles'])} titles, "
+        f"model {info['model']} ({info['fingerprint']})"
     )
     if problems:
         typer.echo(f"{len(problems)} input(s) skipped, see above", err=True)
-    if n == 0:
-        _die("no stills were added")
 
 
 @index_app.command("info")
@@ -125,6 +239,10 @@ def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False
         if thr is not None
         else "threshold  (not calibrated)"
     )
+    probes = info["calibration_probes"]
+    typer.echo(f"probes     {probes['known']} of indexed titles, {probes['unknown']} of other productions")
+    if info["calibration_warning"]:
+        typer.echo(f"warning    {info['calibration_warning']}")
     typer.echo(f"size       {info['size_bytes'] / 1e6:.1f} MB, {info['references']} reference stills")
     typer.echo(
         f"verified   {len(info['files'])} files against the sha256 in the manifest "
@@ -142,27 +260,28 @@ def _kind_thresholds(info: dict) -> str:
 
 @index_app.command("calibrate")
 def index_calibrate(
-    unknown_share: float = typer.Option(
-        ...,
+    unknown_share: float | None = typer.Option(
+        None,
         "--unknown-share",
         min=0.01,
         max=0.99,
-        help="Expected share of inputs from productions NOT in the index (default at creation: 0.5).",
+        help="Expected share of inputs from productions NOT in the index (default: keep the index's, "
+        "0.5 at creation).",
     ),
     index: Path | None = IndexOpt,
     pretrained: str | None = PretrainedOpt,
     models_dir: Path | None = ModelsOpt,
 ) -> None:
-    """Refit the confidence for the share of unknown material you expect in a dump."""
+    """Refit the confidence (for the share of unknown material you expect in a dump); an index written
+    before the background set existed embeds it here."""
     try:
         m = Matcher.open(index, pretrained=pretrained, models_dir=models_dir)
         cal = m.recalibrate(unknown_share=unknown_share)
     except MatcherError as exc:
         _die(str(exc))
     kinds = _kind_thresholds(m.info())
-    typer.echo(
-        f"recalibrated for {unknown_share:.0%} unknown inputs; unknown threshold {cal.threshold:.3f}{kinds}"
-    )
+    share, threshold = cal.unknown_share, cal.threshold
+    typer.echo(f"recalibrated for {share:.0%} unknown inputs; unknown threshold {threshold:.3f}{kinds}")
 
 
 @index_app.command("remove")
@@ -183,23 +302,59 @@ def index_remove(
     typer.echo(f"removed {n} stills of {title!r}")
 
 
-def _format_row(r) -> str:
-    if r.error:
-        return f"{safe_text(r.path)}\tERROR\t{safe_text(r.error)}"
-    where = f"@{r.timestamp:.1f}s" if r.timestamp is not None else ""
-    title = r.title if r.title is not None else "unknown"
+#: Columns of plain `match` output (tab-separated, one header line; `pandas.read_csv(sep="\t")` reads it)
+TSV_COLUMNS = [
+    "path",
+    "timestamp",
+    "status",
+    "title",
+    "confidence",
+    "threshold",
+    "best_title",
+    "next_title",
+    "next_score",
+    "evidence_reference",
+    "evidence_timestamp",
+    "evidence_episode",
+    "evidence_similarity",
+    "evidence_sha256",
+    "identical_sha256",
+    "tie",
+    "override_changed",
+    "calibration_warning",
+    "error",
+]
+
+
+def _tsv_row(r) -> list:
     best = r.candidates[0] if r.candidates else None
     runner = r.candidates[1] if len(r.candidates) > 1 else None
-    ev = next((e for e in r.evidence if r.candidates and e.title == r.candidates[0].title), None)
-    parts = [f"{safe_text(r.path)}{where}", safe_text(title), f"{r.confidence:.2f}"]
-    if r.title is None and best is not None:
-        parts.append(f"nearest: {safe_text(best.title)}")
-    if runner is not None:
-        parts.append(f"next: {safe_text(runner.title)} {runner.score:.2f}")
-    if ev is not None:
-        at = f" @{ev.timestamp:.1f}s" if ev.timestamp is not None else ""
-        parts.append(f"evidence: {safe_text(ev.reference)}{at} sim {ev.similarity:.3f}")
-    return "\t".join(parts)
+    ev = next((e for e in r.evidence if best and e.title == best.title), None)
+
+    def num(x, digits=4):
+        return "" if x is None else f"{x:.{digits}f}"
+
+    return [
+        r.path,
+        num(r.timestamp, 3),
+        r.status,
+        r.title or "",
+        num(r.confidence),
+        num(r.threshold),
+        best.title if best else "",
+        runner.title if runner else "",
+        num(runner.score if runner else None),
+        ev.reference if ev else "",
+        num(ev.timestamp if ev else None, 3),
+        (ev.episode or "") if ev else "",
+        num(ev.similarity if ev else None),
+        (ev.sha256 or "") if ev else "",
+        (r.identical or {}).get("sha256", ""),
+        " | ".join(r.tie),
+        "yes" if r.override_changed else "",
+        r.calibration_warning or "",
+        r.error or "",
+    ]
 
 
 @app.command("match")
@@ -258,12 +413,42 @@ def match_cmd(
             new_section=new_section,
         )
         raise typer.Exit(code)
+    missing = [p for p in paths if not p.exists()]
+    if m.store.count == 0:
+        _die(f"{m.store.root}: the index is empty; add reference stills with 'matcher index add'")
+    total = _count_files(paths)
+    if total == 0:
+        _die(f"no files in {', '.join(map(str, paths))}: nothing to match", code=1)
+    writer = None
     if not as_json:
-        typer.echo("path\ttitle\tconfidence\tdetails")
-    for result in m.match_many(paths, min_confidence=min_confidence, every=every):
-        line = json_line(result.to_dict()) if as_json else _format_row(result)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        writer = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+        writer.writerow(TSV_COLUMNS)
+    results = failed = 0
+    with _progress(total, "matching") as advance:
+        last_path = None
+        for result in m.match_many(paths, min_confidence=min_confidence, every=every):
+            results += 1
+            failed += result.error is not None
+            if writer is None:
+                sys.stdout.write(json_line(result.to_dict()) + "\n")
+            else:
+                writer.writerow(_clean(v) for v in _tsv_row(result))
+            sys.stdout.flush()
+            if result.path != last_path:
+                last_path = result.path
+                advance()
+    if missing:
+        typer.echo(f"matcher: error: {safe_text(missing[0])}: no such file or directory", err=True)
+        raise typer.Exit(1)
+    if results and failed == results:
+        typer.echo(f"matcher: error: none of the {results} input(s) could be matched", err=True)
+        raise typer.Exit(1)
+
+
+def _clean(value) -> str:
+    """One TSV cell: controls (line breaks, tabs) and bidi overrides escaped, so that a hostile file
+    name can neither add a row or a column nor spoof the display."""
+    return "" if value is None else safe_text(value)
 
 
 def match_entry() -> None:

@@ -587,6 +587,46 @@ def _match_images(matcher, images: list, min_confidence: float | None = None, em
     return list(matcher.match_many(images, min_confidence=min_confidence))
 
 
+def run_provenance(matcher, min_confidence: float | None) -> dict:
+    """What produced a run's verdicts, for its header: the thresholds in force and where they come
+    from, the calibration's basis, the command line, host, user and the index's absolute path."""
+    import getpass
+    import shlex
+    import socket
+
+    out: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        meta = matcher.info()
+        out["index_path"] = str(Path(meta["index"]).resolve())
+        out["threshold"] = meta.get("threshold")
+        out["grey_threshold"] = meta.get("grey_threshold")
+        out["sketch_threshold"] = meta.get("sketch_threshold")
+        out["unknown_share"] = meta.get("unknown_share")
+        out["calibration_probes"] = meta.get("calibration_probes")
+        out["calibration_warning"] = meta.get("calibration_warning")
+        out["background_set"] = (meta.get("background_set") or {}).get("sha256")
+    # None: every verdict used the index's own thresholds above; else this one replaced them all
+    out["min_confidence_override"] = min_confidence
+    out["command_line"] = shlex.join(sys.argv)
+    out["host"] = socket.gethostname()
+    with contextlib.suppress(Exception):
+        out["user"] = getpass.getuser()
+    return out
+
+
+def _result_note(r) -> str | None:
+    """The one-line reason of a verdict that is not a plain match by similarity."""
+    notes = []
+    if r.identical:
+        ref = r.identical
+        notes.append(f"byte-identical to reference {ref['reference']} (sha256 {ref['sha256']})")
+    if r.tie:
+        notes.append(f"tie between {' and '.join(r.tie)}: no title chosen")
+    if r.override_changed:
+        notes.append(f"verdict changed by --min-confidence {r.threshold:g}")
+    return "; ".join(notes) or None
+
+
 def aggregate(parts: list[dict], kind: str) -> dict:
     """Verdict of a video / multi-frame file from its part records (majority of matched stills)."""
     ok = [p for p in parts if p.get("status") in ("matched", "unknown")]
@@ -603,20 +643,28 @@ def aggregate(parts: list[dict], kind: str) -> dict:
             "evidence": [],
             "reason": f"no {unit} could be matched" + (f": {first}" if first else ""),
         }
+    # One statistic per title, used for both the verdict and the candidates (so they never disagree):
+    # the stills that matched it, the stills whose best candidate it is, and their mean confidence.
     votes = Counter(p["title"] for p in ok if p.get("status") == "matched")
-    conf_by: dict[str, list[float]] = defaultdict(list)
+    nearest: dict[str, list[float]] = defaultdict(list)
     for p in ok:
-        if p.get("status") == "matched":
-            conf_by[p["title"]].append(float(p.get("confidence") or 0.0))
-    scores: dict[str, float] = defaultdict(float)
-    for p in ok:
-        for c in p.get("candidates") or []:
-            scores[c["title"]] += float(c["score"]) / len(ok)
-    candidates = [{"title": t, "score": round(s, 6)} for t, s in sorted(scores.items(), key=lambda x: -x[1])]
-    if votes:
-        title = max(votes, key=lambda t: (votes[t], sum(conf_by[t]), t))
+        if p.get("candidates"):
+            nearest[p["candidates"][0]["title"]].append(float(p.get("confidence") or 0.0))
+    for t in votes:
+        nearest.setdefault(t, [])
+    stat = {t: (votes.get(t, 0), len(c), round(sum(c) / len(c), 6) if c else 0.0) for t, c in nearest.items()}
+    order = sorted(stat, key=lambda t: (-stat[t][0], -stat[t][1], -stat[t][2], t))
+    candidates = [
+        {"title": t, "score": stat[t][2], "matched": stat[t][0], "nearest": stat[t][1]} for t in order
+    ]
+    tie: list[str] = []
+    if order:
+        tie = [t for t in order if stat[t] == stat[order[0]]]
+        tie = tie if len(tie) > 1 else []
+    if votes and not tie:
+        title = order[0]
         support = [p for p in ok if p.get("title") == title]
-        confidence = sum(conf_by[title]) / len(conf_by[title])
+        confidence = stat[title][2]
         status = "matched"
         reason = f"{votes[title]} of {len(parts)} {unit} matched {title}"
         others = {t: n for t, n in votes.items() if t != title}
@@ -627,9 +675,12 @@ def aggregate(parts: list[dict], kind: str) -> dict:
     else:
         title = None
         support = ok
-        confidence = max(float(p.get("confidence") or 0.0) for p in ok)
+        confidence = stat[order[0]][2] if order else 0.0
         status = "unknown"
-        reason = f"none of {len(parts)} {unit} matched a title"
+        if tie:
+            reason = f"tie between {' and '.join(tie)} ({stat[tie[0]][0]} {unit} each): no title chosen"
+        else:
+            reason = f"none of {len(parts)} {unit} matched a title"
     evidence = []
     for p in support:
         for e in p.get("evidence") or []:
@@ -659,6 +710,9 @@ def aggregate(parts: list[dict], kind: str) -> dict:
         "candidates": candidates[:10],
         "evidence": evidence[:8],
         "reason": reason,
+        "tie": tie,
+        # conservative: at least one still's verdict was changed by --min-confidence
+        "override_changed": any(p.get("override_changed") for p in ok),
     }
 
 
@@ -778,6 +832,7 @@ class DumpRun:
             # came from. The files' own hashes are listed too.
             info["index_fingerprint"] = store.fingerprint
             info["index_files"] = store.files
+        info.update(run_provenance(m, self.min_confidence))
         info["dump_root"] = str(self.root.resolve())
         info["started_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         info["every_s"] = self.limits.every
@@ -1054,11 +1109,14 @@ class DumpRun:
             if isinstance(r, Exception):
                 fields = {"status": "error", "reason": f"matching failed: {one_line(r)}"}
             else:
+                if not st.multi and st.sha256 and hasattr(self.matcher, "_mark_identical"):
+                    r.sha256 = st.sha256  # a byte copy of a reference is reported as that reference
+                    self.matcher._mark_identical(r)
                 d = r.to_dict()
                 d.pop("path", None)
                 d.pop("sha256", None)
                 d.pop("timestamp", None)
-                fields = {**d, "status": r.status, "reason": None}
+                fields = {**d, "status": r.status, "reason": _result_note(r)}
             if st.multi:
                 prec = self._part_record(st, meta, **fields)
                 self._write(prec)

@@ -46,6 +46,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from matcher.errors import MatcherError
+
 FILE, STILL, FRAME, RUN, SUMMARY = "file", "still", "frame", "run", "summary"
 PART_RECORDS = (STILL, FRAME)
 STATUSES = ("matched", "unknown", "skipped", "error")
@@ -72,7 +74,7 @@ CSV_FIELDS = [
 OPEN_FDS: set[int] = set()
 
 
-class ReportError(Exception):
+class ReportError(MatcherError):
     """The report file itself cannot be used (locked by another run, unwritable, not a report)."""
 
 
@@ -355,8 +357,10 @@ def csv_row(rec: dict) -> list[str]:
     cands = "; ".join(f"{c['title']}={c['score']:.3f}" for c in rec.get("candidates") or [])
     ev = "; ".join(
         f"{e['title']} <- {e['reference']}"
+        + (f" [episode {e['episode']}]" if e.get("episode") else "")
         + (f" @{format_ts(e['timestamp'])}" if e.get("timestamp") is not None else "")
         + f" ({e['similarity']:.3f})"
+        + (f" sha256 {e['sha256']}" if e.get("sha256") else "")
         for e in rec.get("evidence") or []
     )
     row = dict(rec, candidates=cands, evidence=ev)
@@ -507,6 +511,14 @@ td,th{border:1px solid #bbb;padding:2px 6px;text-align:left;vertical-align:top}
 .stills{font-size:12px}
 .controls{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ccc}
 [hidden]{display:none!important}
+img.zoomable{cursor:zoom-in}
+img.zoomed{position:fixed;top:4vh;left:4vw;width:92vw;height:92vh;max-width:none!important;
+ max-height:none!important;object-fit:contain;background:#fff;z-index:10;cursor:zoom-out;
+ box-shadow:0 0 0 100vmax rgba(0,0,0,.6)}
+@page{margin:14mm;@bottom-right{content:"page " counter(page) " of " counter(pages)}}
+@media print{.controls{display:none} .item,tr,.ev{break-inside:avoid;page-break-inside:avoid}
+ .item[hidden]{display:flex!important} body{margin:0;max-width:none} details>*{display:block}
+ img.zoomed{position:static;width:auto;height:auto;box-shadow:none}}
 """
 
 _JS = """
@@ -519,7 +531,9 @@ var h=parseFloat(e.getAttribute('data-conf'))<v;
 e.hidden=h;if(!h)n++;});s.textContent=String(n);}
 r.addEventListener('input',apply);
 var m=/(?:^#|&)min=([0-9.]+)/.exec(location.hash);if(m){r.value=m[1];}
-apply();})();
+apply();
+document.querySelectorAll('img.zoomable').forEach(function(i){i.addEventListener('click',function(){
+i.classList.toggle('zoomed');});});})();
 """
 
 
@@ -542,10 +556,39 @@ ThumbFn = Callable[[dict], "str | None"]
 RefThumbFn = Callable[[str, "float | None"], "str | None"]
 
 
-def _img(uri: str | None, alt: str) -> str:
+def _img(uri: str | None, alt: str, missing: str) -> str:
+    """The picture with a true ``alt`` (what it shows), or a box saying why there is none."""
     if uri and uri.startswith("data:image/"):
-        return f'<img src="{_e(uri)}" alt="{_e(alt)}">'
-    return f'<div class="noimg">{_e(alt)}</div>'
+        return f'<img class="zoomable" src="{_e(uri)}" alt="{_e(alt)}" title="click to enlarge">'
+    return f'<div class="noimg">{_e(missing)}</div>'
+
+
+#: Human names of the run header's fields (others: the key with spaces)
+HEADER_LABELS = {
+    "tool_version": "matcher version",
+    "model_spec": "model",
+    "model_fingerprint": "model fingerprint (weights / algorithm)",
+    "index": "index (as given)",
+    "index_path": "index (absolute path)",
+    "index_generation": "index generation",
+    "index_references": "reference stills in the index",
+    "index_titles": "titles in the index",
+    "index_fingerprint": "index fingerprint (sha256 of its manifest)",
+    "threshold": "unknown threshold (colour queries)",
+    "grey_threshold": "unknown threshold (grey queries)",
+    "sketch_threshold": "unknown threshold (line-art queries)",
+    "unknown_share": "assumed share of unknown material",
+    "calibration_probes": "calibration probes (known / unknown)",
+    "calibration_warning": "calibration warning",
+    "background_set": "background set (sha256)",
+    "min_confidence_override": "--min-confidence override (replaces the thresholds above)",
+    "command_line": "command line",
+    "dump_root": "dump folder",
+    "started_utc": "started (UTC)",
+    "every_s": "seconds between video stills",
+    "all_frames": "every frame of animations",
+    "max_pixels": "largest image decoded (pixels)",
+}
 
 
 def _evidence_html(evidence: list[dict], ref_thumb: RefThumbFn | None, limit: int = 4) -> str:
@@ -555,10 +598,20 @@ def _evidence_html(evidence: list[dict], ref_thumb: RefThumbFn | None, limit: in
         ts = f" @ {format_ts(ev.get('timestamp'))}" if ev.get("timestamp") is not None else ""
         out.append(
             '<div class="ev">'
-            + _img(uri, "reference still not available")
+            + _img(
+                uri,
+                f"reference still of {ev.get('title')}: {ev.get('reference')}{ts}",
+                "reference still not available",
+            )
             + f"<div><b>{_e(ev.get('title'))}</b></div>"
+            + (f"<div>episode {_e(ev['episode'])}</div>" if ev.get("episode") else "")
             + f'<div class="mono">{_e(ev.get("reference"))}{_e(ts)}</div>'
             + f"<div>similarity {float(ev.get('similarity') or 0):.3f}</div>"
+            + (
+                f'<div>reference sha256 <span class="mono">{_e(ev["sha256"])}</span></div>'
+                if ev.get("sha256")
+                else ""
+            )
             + (
                 f"<div>leak still @ {_e(format_ts(ev['query_timestamp']))}</div>"
                 if ev.get("query_timestamp") is not None
@@ -585,12 +638,22 @@ def _item_html(
     cands = ", ".join(f"{_e(c['title'])} {float(c['score']):.3f}" for c in (rec.get("candidates") or [])[:5])
     head = (
         f'<article class="item" data-conf="{conf:.4f}" data-status="{_e(rec.get("status"))}">'
-        f'<div class="q">{_img(uri, "file no longer readable")}</div><div class="body">'
+        + f'<div class="q">{_img(uri, "the input " + str(rec.get("path")), "file no longer readable")}</div>'
+        '<div class="body">'
         f'<div class="mono path">{_e(rec.get("path"))}</div>'
         f"<div>{_e(rec.get('kind'))} · {_e(rec.get('size'))} bytes · sha256 "
         f'<span class="mono">{_e(rec.get("sha256"))}</span></div>'
         f"<div>verdict: <b>{_e(rec.get('title') or 'unknown')}</b> · confidence "
-        f'<span class="conf {_conf_class(conf)}">{conf:.3f}</span></div>'
+        f'<span class="conf {_conf_class(conf)}">{conf:.3f}</span>'
+        + (" · <b>changed by the --min-confidence override</b>" if rec.get("override_changed") else "")
+        + (f" · <b>tie</b>: {_e(' and '.join(rec['tie']))}" if rec.get("tie") else "")
+        + "</div>"
+        + (
+            f"<div><b>byte-identical</b> to reference {_e(rec['identical'].get('reference'))} (sha256 "
+            f'<span class="mono">{_e(rec["identical"].get("sha256"))}</span>)</div>'
+            if rec.get("identical")
+            else ""
+        )
     )
     body = [head]
     if rec.get("reason"):
@@ -709,7 +772,8 @@ def write_html(
         for k, v in custody.items():
             if isinstance(v, (dict, list)):
                 v = json.dumps(v, ensure_ascii=False, default=str)
-            w(f'<tr><th>{_e(k)}</th><td class="mono" data-key="{_e(k)}">{_e(v)}</td></tr>')
+            label = HEADER_LABELS.get(k, k.replace("_", " "))
+            w(f'<tr><th>{_e(label)}</th><td class="mono" data-key="{_e(k)}">{_e(v)}</td></tr>')
         tot = summary["totals"]
         w(
             f"<tr><th>inputs</th><td>{tot['files']} files: {tot['matched']} matched, "

@@ -22,6 +22,7 @@ class Evidence:
     timestamp: float | None = None  # seconds into the reference video, None for still images
     episode: str | None = None
     timestamp_end: float | None = None  # the still stands for [timestamp, timestamp_end] of the video
+    sha256: str | None = None  # of the reference file, as recorded when it was indexed
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class MatchResult:
     evidence: list[Evidence] = field(default_factory=list)
     error: str | None = None
     timestamp: float | None = None  # seconds into the query video, for stills sampled from a video
+    # one line when the confidence rests on too few calibration probes (scoring.Calibration.warning)
+    calibration_warning: str | None = None
+    threshold: float | None = None  # the unknown threshold applied to this input (the override if given)
+    # True when --min-confidence changed the verdict from what the index's own threshold gives
+    override_changed: bool = False
+    # {"reference", "sha256", "title"}: the input is byte for byte a reference file of the index
+    identical: dict | None = None
+    tie: list[str] = field(default_factory=list)  # titles tied for first place (then title is None)
 
     @property
     def ok(self) -> bool:
@@ -75,12 +84,18 @@ class MatchResult:
                     "reference": e.reference,
                     "similarity": round(float(e.similarity), 6),
                     "timestamp": e.timestamp,
+                    "sha256": e.sha256,
                 }
                 | ({"episode": e.episode} if e.episode is not None else {})
                 | ({"timestamp_end": e.timestamp_end} if e.timestamp_end is not None else {})
                 for e in self.evidence
             ],
             "error": self.error,
+            "calibration_warning": self.calibration_warning,
+            "threshold": None if self.threshold is None else round(float(self.threshold), 6),
+            "override_changed": self.override_changed,
+            "identical": self.identical,
+            "tie": list(self.tie),
         }
         if self.timestamp is not None:
             out["timestamp"] = self.timestamp

@@ -35,6 +35,11 @@ SKETCH_COVERAGE = (0.25, 0.5)
 # unknown threshold, fitted on grey probes: at the shared one, 4 of 68 grey distractors got a title (5.9%)
 # against 0 of 68 colour ones (docs/BENCHMARKS.md, "Per-kind unknown thresholds").
 GREY_COVERAGE = 0.8
+# Below these counts a band's confidence is reported as resting on too few probes (calibration_warning):
+# the 2% unknown threshold is then a tail of fewer than 4 probes, or the known side is a handful of stills.
+MIN_KNOWN_PROBES = 100
+MIN_KNOWN_STILLS = 20  # ... or the known probes are copies of this few distinct reference stills
+MIN_UNKNOWN_PROBES = 200
 
 
 def is_sketch(coverage) -> np.ndarray | bool:
@@ -60,6 +65,10 @@ class Calibration:
     unknown_share: float = 0.5  # prior share of queries from productions not in the index
     rank_by: str = "z"  # "z": normalised score; "similarity": the best still's similarity
     sketch: Calibration | None = None  # parameters for sketch queries (is_sketch), when fitted
+    background: int = 0  # background-set images among the unknown probes (background.py)
+    known_probes: int = 0  # pseudo-queries the fit rests on: of an indexed title ...
+    unknown_probes: int = 0  # ... and of no indexed title (other titles left out, background set)
+    known_stills: int = 0  # distinct reference stills the known probes were made from
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -75,6 +84,30 @@ class Calibration:
         d["weights"] = tuple(d.get("weights", cls.weights))
         d["sketch"] = cls.from_dict(d["sketch"]) if d.get("sketch") else None
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def warning(self) -> str | None:
+        """One line when this band's confidence rests on too few probes, else None."""
+        if not self.fitted:
+            return (
+                f"not calibrated ({self.probes} probes, no background set): the confidence is a prior, "
+                "not a measured probability; add titles or rebuild the index with this version"
+            )
+        if not self.known_probes and not self.unknown_probes:
+            return (
+                "calibrated without the background set (index written by an older version): "
+                "run 'matcher index calibrate' to refit it"
+            )
+        if (
+            self.known_probes < MIN_KNOWN_PROBES
+            or self.unknown_probes < MIN_UNKNOWN_PROBES
+            or self.known_stills < MIN_KNOWN_STILLS
+        ):
+            return (
+                f"calibrated on few probes ({self.known_probes} made from {self.known_stills} reference "
+                f"stills, {self.unknown_probes} of other productions): read the confidence as a rough "
+                "estimate"
+            )
+        return None
 
     def for_coverage(self, coverage: float) -> Calibration:
         """The parameters that score a query with this much evidence (see SKETCH_COVERAGE)."""
@@ -178,6 +211,15 @@ class TitleScorer:
         margin = (best[present[0]][0] - runner_up) / cal.global_sigma
         return Ranking(present, z_present, best, z_top, float(margin), cal, coverage)
 
+    @staticmethod
+    def tied(ranking: Ranking) -> list[str]:
+        """Titles tied for first place (their best stills are equally similar to the query, e.g. the
+        same picture indexed under two titles): no title may be chosen among them. [] when none."""
+        if len(ranking.titles) < 2:
+            return []
+        top = ranking.best[ranking.titles[0]][0]
+        return [t for t in ranking.titles if abs(ranking.best[t][0] - top) <= 1e-6]
+
     def score(self, ranking: Ranking, threshold: float | None = None, max_candidates: int = 5):
         """(title or None, confidence, candidates) for a ranking."""
         cal = ranking.calibration
@@ -195,6 +237,8 @@ class TitleScorer:
             w = np.minimum(rest / (rest.sum() + 1.0) * (1.0 - confidence), confidence)
             candidates += [TitleScore(t, float(s)) for t, s in zip(ranking.titles[1:max_candidates], w)]
         title = ranking.titles[0] if confidence >= threshold else None
+        if len(self.tied(ranking)) > 1:
+            title = None  # a tie is reported as one (MatchResult.tie), never broken silently
         return title, confidence, candidates
 
     @staticmethod
@@ -209,7 +253,9 @@ class TitleScorer:
                 continue
             counts[ref.title] += 1
             out.append(
-                Evidence(ref.title, ref.source, float(s), ref.timestamp, ref.episode, ref.timestamp_end)
+                Evidence(
+                    ref.title, ref.source, float(s), ref.timestamp, ref.episode, ref.timestamp_end, ref.sha256
+                )
             )
         order = {t: n for n, t in enumerate(wanted)}
         out.sort(key=lambda e: (order[e.title], -e.similarity))

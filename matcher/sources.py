@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from matcher.errors import MatcherError
+
 DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k still
 
 
@@ -62,7 +64,7 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
 
 
-class InputError(Exception):
+class InputError(MatcherError):
     """An input that cannot be used; str() is the one-line reason shown to the user."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -8,6 +8,7 @@ Layout of an index directory::
     vectors-<gen>.faiss      FAISS index, ids = SQLite row ids
     probes-<gen>.npz         pseudo-query vectors the scorer calibrates on (see scoring.py)
     index.lock               held by the one process writing (`filelock`); readers never take it
+    background-<gen>.npz     the shipped background set embedded with the index's model (background.py)
 
 Every file of a generation is written once under a new name and never changed afterwards; the new
 generation becomes current when `manifest.json` is replaced in one rename. A crash at any point
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from matcher import ann
+from matcher.errors import MatcherError
 
 #: 2: per-generation metadata files and a sha256 of every file in the manifest.
 FORMAT_VERSION = 2
@@ -45,11 +47,18 @@ LOCK = "index.lock"
 #: Seconds a second writer waits for the first before giving up ($MATCHER_LOCK_TIMEOUT).
 DEFAULT_LOCK_TIMEOUT = 600.0
 #: Names of the files a generation consists of (the manifest fields that hold them).
-FILE_FIELDS = {"vectors": "vectors-{}.faiss", "probes": "probes-{}.npz", "metadata": "metadata-{}.sqlite"}
-_STALE = re.compile(r"^(vectors-.*\.faiss|probes-.*\.npz|metadata.*\.sqlite|manifest\.json)(\..*)?$")
+FILE_FIELDS = {
+    "vectors": "vectors-{}.faiss",
+    "probes": "probes-{}.npz",
+    "metadata": "metadata-{}.sqlite",
+    "background": "background-{}.npz",
+}
+_STALE = re.compile(
+    r"^(vectors-.*\.faiss|probes-.*\.npz|background-.*\.npz|metadata.*\.sqlite|manifest\.json)(\..*)?$"
+)
 
 
-class StoreError(Exception):
+class StoreError(MatcherError):
     """The index directory is missing, corrupt, or incompatible; str() is a one-line reason."""
 
 
@@ -175,6 +184,70 @@ def file_digest(path: Path, cache: dict | None = None, updates: dict | None = No
 
 
 # ------------------------------------------------------------------------------------ manifest checks
+def recorded_sources(root: Path) -> tuple[dict, list[tuple]]:
+    """(manifest, rows of (title, episode, source, sha256)) of the committed generation, read without
+    verifying or opening the vectors: what `matcher index rebuild` needs to re-embed an index, also
+    one of format 1 (no checksums) or one whose model can no longer be loaded. Read-only."""
+    mpath = Path(root) / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{mpath}: cannot read the manifest ({exc})") from None
+    if not isinstance(manifest, dict) or not _is_int(manifest.get("generation")):
+        raise StoreError(f"{mpath}: not a matcher index manifest")
+    if manifest.get("format_version") != 1:
+        check_manifest(manifest, mpath)
+    gen = manifest["generation"]
+    dbpath = Path(root) / (manifest.get("metadata") or "metadata.sqlite")  # format 1: one file
+    try:
+        db = _read_only_db(dbpath)
+        try:
+            rows = db.execute(
+                "SELECT title, episode, source, sha256, min(id) FROM refs WHERE added_gen <= ? "
+                "AND (removed_gen IS NULL OR removed_gen > ?) "
+                "GROUP BY title, episode, source, sha256 ORDER BY min(id)",
+                (gen, gen),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{dbpath}: cannot read the index metadata ({exc})") from None
+    return manifest, [r[:4] for r in rows]
+
+
+def take_writer_lock(root: Path):
+    """Become the index's one writer (a held `filelock.FileLock`). A second writer waits (saying so
+    on stderr) up to $MATCHER_LOCK_TIMEOUT seconds, then gives up with a StoreError."""
+    import filelock
+
+    timeout = lock_timeout()
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: not an index directory (it is a file)")
+    lock = filelock.FileLock(str(root / LOCK))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if timeout > 0:
+                print(
+                    f"matcher: another matcher is writing to {root}; waiting up to {timeout:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            try:
+                lock.acquire(timeout=timeout)
+            except filelock.Timeout:
+                raise StoreError(
+                    f"{root}: another matcher is writing to this index (waited {timeout:.0f} s); "
+                    f"try again when it has finished"
+                ) from None
+    except OSError as exc:
+        raise StoreError(
+            f"{root}: cannot write to this index ({exc.strerror or exc}); it can be read, not changed"
+        ) from None
+    return lock
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -195,7 +268,7 @@ def check_manifest(manifest, mpath: Path) -> None:
     if fv == 1:
         raise StoreError(
             f"{mpath.parent}: index format 1 has no file checksums and cannot be verified; "
-            f"rebuild it with this version (matcher index add into a new --index)"
+            f"rebuild it with this version: matcher index rebuild --index {mpath.parent}"
         )
     if fv != FORMAT_VERSION:
         raise StoreError(
@@ -290,6 +363,8 @@ class ReferenceStore:
         # {"vectors": (m, d) float32, "ref_ids": (m,) int64, "titles": (m,) str, "kinds": (m,) str};
         # None: not read yet (see `probes`)
         self._probes = probes
+        self._background: dict | None = None  # {"vectors", "kinds"}; None: not read yet
+        self._background_file = None  # the generation's background file, open from `open` on
         self._dirty = False
         self._mapped = False  # True while the index is a read-only memory map of its file
         self._db_copy = False  # True once self.db is the next generation's (writable) copy
@@ -323,6 +398,7 @@ class ReferenceStore:
             "vectors": None,
             "probes": None,
             "metadata": None,
+            "background": None,
             "files": {},
             "search": {"kind": "exact"},
             "calibration": None,
@@ -456,10 +532,15 @@ class ReferenceStore:
             raise StoreError(f"{dbpath}: corrupt metadata database ({exc})") from None
         # held open, so that a writer deleting this generation's files later cannot take them away
         probes_file = open(self.root / manifest["probes"], "rb")
+        background_file = open(self.root / manifest["background"], "rb")
         if self.db is not None:
             self.db.close()
+        for old in (self._probes_file, self._background_file):
+            if old is not None:
+                old.close()
         self.manifest, self.index, self.db = manifest, index, db
         self._probes, self._probes_file = None, probes_file
+        self._background, self._background_file = None, background_file
         self._mapped, self._dirty, self._db_copy = mapped, False, False
         self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()
         self.__dict__.pop("_end_column", None)
@@ -471,34 +552,7 @@ class ReferenceStore:
         reloaded if another writer committed a generation since this store was opened."""
         if self._lock is not None and self._lock.is_locked:
             return
-        import filelock
-
-        timeout = lock_timeout()
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"{self.root}: not an index directory (it is a file)")
-        lock = filelock.FileLock(str(self.root / LOCK))
-        try:
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
-                if timeout > 0:
-                    print(
-                        f"matcher: another matcher is writing to {self.root}; waiting up to {timeout:.0f} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                try:
-                    lock.acquire(timeout=timeout)
-                except filelock.Timeout:
-                    raise StoreError(
-                        f"{self.root}: another matcher is writing to this index (waited {timeout:.0f} s); "
-                        f"try again when it has finished"
-                    ) from None
-        except OSError as exc:
-            raise StoreError(
-                f"{self.root}: cannot write to this index ({exc.strerror or exc}); "
-                f"it can be read, not changed"
-            ) from None
+        lock = take_writer_lock(self.root)
         self._lock, self._implicit_lock = lock, implicit
         try:
             if self.manifest.get("generation"):  # opened before: has a writer committed since?
@@ -563,6 +617,35 @@ class ReferenceStore:
     @probes.setter
     def probes(self, value: dict) -> None:
         self._probes = value
+
+    @property
+    def background(self) -> dict:
+        """The background set's vectors under the index's model ({"vectors", "kinds"}; empty for an
+        index written before the set existed, until its next write embeds it)."""
+        if self._background is None:
+            out = {"vectors": np.zeros((0, self.dim), np.float32), "kinds": np.zeros(0, dtype="<U1")}
+            name = self.manifest.get("background")
+            if name and self._background_file is not None:
+                path = self.root / name
+                try:
+                    self._background_file.seek(0)
+                    with np.load(self._background_file, allow_pickle=False) as z:
+                        out = {"vectors": z["vectors"], "kinds": z["kinds"]}
+                except Exception as exc:
+                    raise StoreError(f"{path}: corrupt background vectors ({exc})") from None
+                if out["vectors"].ndim != 2 or out["vectors"].shape[1] != self.dim:
+                    raise StoreError(f"{path}: background vectors do not match the index (dim differs)")
+            self._background = out
+        return self._background
+
+    def set_background(self, vectors: np.ndarray, kinds: np.ndarray, info: dict) -> None:
+        """Replace the background vectors (``info`` says which set and model made them; manifest)."""
+        self._background = {
+            "vectors": np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim),
+            "kinds": np.asarray(kinds, dtype=str),
+        }
+        self.manifest = dict(self.manifest, background_set=dict(info))
+        self._dirty = True
 
     def _writable(self) -> None:
         """Take the writer lock; load a memory-mapped index into memory so that it can be changed;
@@ -640,6 +723,24 @@ class ReferenceStore:
                 )
         return out
 
+    def references_by_sha256(self, sha256: str) -> list[Reference]:
+        """Reference stills whose file has this sha256 (image files; a video's stills share its
+        sha256 and are not whole-file copies, so only stills without a timestamp count)."""
+        rows = self.db.execute(
+            f"SELECT id, title, episode, source, sha256 FROM refs WHERE sha256 = ? AND timestamp IS NULL"
+            f" AND {self._visible()} ORDER BY id",
+            (sha256,),
+        )
+        return [Reference(title=r[1], episode=r[2], source=r[3], sha256=r[4], id=r[0]) for r in rows]
+
+    def sources_of_sha256(self, sha256: str) -> list[tuple[str, str]]:
+        """(title, source) of the files already indexed with this sha256 (stills of videos too)."""
+        rows = self.db.execute(
+            f"SELECT DISTINCT title, source FROM refs WHERE sha256 = ? AND {self._visible()} ORDER BY id",
+            (sha256,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def title_array(self, ids: np.ndarray) -> np.ndarray:
         """Titles for an array of ids (any shape), '' for -1 (no neighbour)."""
         flat = ids.reshape(-1)
@@ -690,6 +791,9 @@ class ReferenceStore:
         self._writable()
         gen = self.manifest["generation"] + 1
         with self.db:
+            # duplicate checks look files up by sha256; created by the first write (a reader never
+            # changes the index; without it the lookup scans)
+            self.db.execute("CREATE INDEX IF NOT EXISTS refs_sha256 ON refs(sha256)")
             ids = [
                 self.db.execute(
                     "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
@@ -747,6 +851,7 @@ class ReferenceStore:
         if not self._dirty and not manifest_updates:
             return
         self.probes  # noqa: B018 - read before _writable swaps the files (a reload would drop them)
+        self.background  # noqa: B018 - likewise
         self._writable()
         gen = self.manifest["generation"] + 1
         manifest = dict(self.manifest, **manifest_updates)
@@ -773,6 +878,13 @@ class ReferenceStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(ppath.with_name(ppath.name + ".tmp"), ppath)
+        # The background set's vectors (empty until the index embeds the set, see api._embed_background).
+        bpath = self.root / names["background"]
+        with open(bpath.with_name(bpath.name + ".tmp"), "wb") as f:
+            np.savez(f, **self.background)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(bpath.with_name(bpath.name + ".tmp"), bpath)
         # The metadata of the new generation: rows removed in it are dropped (the previous
         # generation keeps them in its own file until the manifest moves on).
         with self.db:
@@ -799,6 +911,9 @@ class ReferenceStore:
         if self._probes_file is not None:
             self._probes_file.close()
         self._probes_file = open(ppath, "rb")
+        if self._background_file is not None:
+            self._background_file.close()
+        self._background_file = open(bpath, "rb")
         self._dirty = self._db_copy = False
         self.__dict__.pop("_end_column", None)
         self._purge()  # the new generation is committed: the old one's files are not needed
@@ -824,6 +939,13 @@ class ReferenceStore:
             "grey_threshold": cal.get("grey_threshold"),
             "sketch_threshold": (cal.get("sketch") or {}).get("threshold"),
             "calibrated": bool(cal.get("fitted")),
+            # one line when the confidence rests on too few probes (scoring.Calibration.warning), else None
+            "calibration_warning": _calibration_warning(cal),
+            "calibration_probes": {
+                "known": cal.get("known_probes", 0),
+                "unknown": cal.get("unknown_probes", 0),
+            },
+            "background_set": m.get("background_set"),
             "unknown_share": cal.get("unknown_share", 0.5),
             "size_bytes": self.size_on_disk(),
             "format_version": m["format_version"],
@@ -839,10 +961,19 @@ class ReferenceStore:
         """Close the files; a writer gives up its lock (uncommitted changes are dropped)."""
         if self.db is not None:
             self.db.close()
-        if self._probes_file is not None:
-            self._probes_file.close()
-            self._probes_file = None
+        for f in (self._probes_file, self._background_file):
+            if f is not None:
+                f.close()
+        self._probes_file = self._background_file = None
         self._release()
+
+
+def _calibration_warning(cal: dict) -> str | None:
+    from matcher.scoring import Calibration
+
+    if not cal:
+        return "not calibrated: the index holds no title yet"
+    return Calibration.from_dict(cal).warning()
 
 
 def _empty_probes(dim: int) -> dict:

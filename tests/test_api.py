@@ -105,3 +105,33 @@ def test_pil_images_with_names_are_indexed(tmp_path):
 def test_open_missing_index_is_one_clear_error(tmp_path):
     with pytest.raises(MatcherError, match="no index here"):
         Matcher.open(tmp_path / "nothing")
+
+
+def test_every_user_facing_error_is_exported_and_derives_from_one_base():
+    import matcher
+
+    for name in ("StoreError", "EmbedderError", "InputError", "ReportError", "DuplicateInput"):
+        assert issubclass(getattr(matcher, name), matcher.MatcherError), name
+    with pytest.raises(matcher.MatcherError):
+        matcher.Matcher.open("/nonexistent/index")
+    with pytest.raises(matcher.MatcherError):
+        matcher.Matcher.create("/tmp/x", model="no-such-model")
+
+
+def test_dump_mode_is_callable_from_python(built_index, tmp_path):
+    from conftest import draw_frame
+
+    import matcher
+    from matcher.report import read_records
+
+    dump_dir = tmp_path / "dump"
+    dump_dir.mkdir()
+    draw_frame("Sunny Farm", 4242).save(dump_dir / "a.png")
+    (dump_dir / "notes.txt").write_text("not media")
+    with matcher.Matcher.open(built_index) as m:
+        stats = m.match_dump(dump_dir, out=tmp_path / "r.jsonl", html=tmp_path / "r.html")
+        with pytest.raises(matcher.MatcherError):
+            m.match_dump(tmp_path / "missing", out=tmp_path / "x.jsonl")
+    files = {r["path"]: r for r in read_records(tmp_path / "r.jsonl") if r["record"] == "file"}
+    assert files["a.png"]["title"] == "Sunny Farm" and files["notes.txt"]["status"] == "skipped"
+    assert stats.files == 2 and (tmp_path / "r.html").is_file()

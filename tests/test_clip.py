@@ -86,7 +86,7 @@ def test_missing_weights_say_how_to_provide_them(tmp_path, monkeypatch):
     with pytest.raises(MatcherError) as err:
         Matcher.create(tmp_path / "idx", model="clip", models_dir=tmp_path / "empty")
     msg = str(err.value)
-    assert "--pretrained" in msg and "MATCHER_MODELS" in msg and "classic" in msg
+    assert "--pretrained" in msg and str(tmp_path / "empty" / "ViT-B-32-laion2b_s34b_b79k.safetensors") in msg
     assert "\n" not in msg
 
 
@@ -108,3 +108,25 @@ def test_missing_checkpoint_file_and_unknown_arch(tmp_path, tiny_models):
             pretrained=str(tmp_path / "junk.pt"),
             models_dir=tiny_models,
         )
+
+
+def test_clip_without_network_fails_fast_naming_the_file_and_leaving_no_models_dir(tmp_path, library):
+    import time
+
+    models = tmp_path / "models"
+    # port 9 on this host refuses connections: the hub is unreachable, as on an offline machine
+    env = {"MATCHER_MODELS": str(models), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t0 = time.monotonic()
+    res = CliRunner().invoke(
+        app,
+        ["index", "add", "--index", str(tmp_path / "idx"), "--model", "clip", "--title", "T"]
+        + [str(library["Sunny Farm"][0])],
+        env=env,
+    )
+    assert time.monotonic() - t0 < 15
+    assert res.exit_code == 2
+    msg = res.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/resolve/main/open_clip_model.safetensors" in msg
+    assert str(models.absolute() / "ViT-B-32-laion2b_s34b_b79k.safetensors") in msg
+    assert "--pretrained" in msg and "--model" not in msg  # `match` has --pretrained, not --model
+    assert not models.exists()

@@ -145,12 +145,20 @@ def test_report_renders_grouped_escaped_and_self_contained(rendered):
     assert "Refused to" not in log, [x for x in log.splitlines() if "Refused" in x]
     assert not [a for t, a in scan.attrs_seen if any(k.startswith("on") for k in a)]
     assert all(src.startswith("data:image/") for src in scan.imgs) and len(scan.imgs) >= 20
+    # alt texts say what the picture is (never "not available" on a picture that is there), and
+    # every thumbnail can be enlarged
+    imgs = [a for t, a in scan.attrs_seen if t == "img"]
+    assert all(a["alt"].startswith(("the input ", "reference still of ")) for a in imgs), imgs[:3]
+    assert all("zoomable" in a.get("class", "") for a in imgs)
     text = "".join(t for ts in scan.text_by_section.values() for t in ts)
     assert "<script>document.title='pwned'</script>.png" in text  # shown as text, escaped
     assert '"><img src=x onerror=alert(1)>.png' in text
     # chain of custody: versions, fingerprints and the sha256 of every input
     header = "".join(scan.text_by_section["header"])
-    for needle in ("tool_version", "model_fingerprint", "index_fingerprint", "report_generated_utc"):
+    for needle in ("matcher version", "model fingerprint", "index fingerprint", "report generated utc"):
+        assert needle in header  # human field names, not JSON keys
+    assert "tool_version" not in header
+    for needle in ("unknown threshold (colour queries)", "command line", "host", "index (absolute path)"):
         assert needle in header
     for r in files:
         if r.get("sha256"):

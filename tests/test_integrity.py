@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import draw_frame
 from typer.testing import CliRunner
 
 from matcher import Matcher
@@ -152,7 +153,7 @@ def test_verification_is_memoised_by_file_identity_but_not_fooled_by_a_restored_
     """A second open reads no index file (the hash cache knows it); editing a file and setting its
     mtime back still changes its ctime, so it is hashed and caught."""
     res = run("index", "info", "--index", index_copy)
-    assert res.exit_code == 0 and "verified   3 files against the sha256 in the manifest" in res.output
+    assert res.exit_code == 0 and "verified   4 files against the sha256 in the manifest" in res.output
     cache = json.loads(Path(os.environ["MATCHER_HASH_CACHE"]).read_text())
     vectors = index_copy / manifest_of(index_copy)["vectors"]
     assert any(key.startswith(os.path.realpath(vectors) + "|") for key in cache)
@@ -209,7 +210,9 @@ def test_a_second_writer_is_refused_with_one_line_or_waits_for_the_first(index_c
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        args = ("index", "add", "--index", index_copy, "--title", "Second", library["Ice Kingdom"][0])
+        second = index_copy.parent / "second.png"
+        draw_frame("Ice Kingdom", 999).save(second)  # new: a known still under a 2nd title is refused
+        args = ("index", "add", "--index", index_copy, "--title", "Second", second)
         line = one_line_error(run(*args, env={"MATCHER_LOCK_TIMEOUT": "0"}))
         assert "another matcher is writing to this index" in line
         res = run(*args, env={"MATCHER_LOCK_TIMEOUT": "60"})
@@ -339,7 +342,7 @@ def test_names_that_are_not_utf8_are_indexed_and_printed_safely(tmp_path, librar
         timeout=120,
     )
     assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
-    assert b"still-\\xff\\xfe.png\tIce Kingdom" in p.stdout
+    assert b"still-\\xff\\xfe.png\t\tmatched\tIce Kingdom" in p.stdout
 
 
 def test_a_reader_that_read_the_previous_manifest_follows_the_commit(index_copy, monkeypatch):

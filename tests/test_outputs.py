@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import draw_frame
 from typer.testing import CliRunner
 
 from matcher.cli import app
@@ -89,7 +90,9 @@ def test_resume_refuses_another_index_or_verdict_option_and_new_section_starts_a
 
     other = tmp_path / "other"
     shutil.copytree(built_index, other)
-    assert run("index", "add", "--index", other, "--title", "Extra", library["Ice Kingdom"][5]).exit_code == 0
+    extra = tmp_path / "extra.png"
+    draw_frame("Ice Kingdom", 999).save(extra)  # new content: the same file under a second title is refused
+    assert run("index", "add", "--index", other, "--title", "Extra", extra).exit_code == 0
     line = one_line_error(run(*dump_args(small_dump, other, "--out", out)))
     assert "not resumed: index_fingerprint was 'sha256:" in line
     assert out.read_bytes() == before  # a refused run writes nothing
@@ -112,7 +115,7 @@ def test_custody_fingerprint_covers_every_file_of_the_generation(tmp_path, small
     assert run(*dump_args(small_dump, built_index, "--out", out)).exit_code == 0
     (custody,) = [r for r in read_records(out) if r["record"] == "run"]
     manifest = json.loads((built_index / "manifest.json").read_text())
-    names = {manifest[k] for k in ("vectors", "probes", "metadata")}
+    names = {manifest[k] for k in ("vectors", "probes", "metadata", "background")}
     assert set(custody["index_files"]) == names
     for name, digest in custody["index_files"].items():
         assert digest == hashlib.sha256((built_index / name).read_bytes()).hexdigest()
@@ -130,7 +133,7 @@ def test_plain_match_escapes_controls_and_bidi_overrides(tmp_path, built_index, 
     assert res.exit_code == 0
     lines = res.stdout.split("\n")
     assert len(lines) == 3 and lines[2] == ""  # header, one row, final newline
-    assert "a\\nb\\tc\\r\\u202egnp.exe.png\tNight Patrol" in lines[1]
+    assert "a\\nb\\tc\\r\\u202egnp.exe.png\t\tmatched\tNight Patrol" in lines[1]
     assert "\r" not in res.stdout and "\u202e" not in res.stdout
 
 

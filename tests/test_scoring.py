@@ -103,12 +103,25 @@ def test_calibrations_saved_before_grey_thresholds_keep_one_threshold():
     assert cal.grey_threshold is None and cal.threshold_for(0.6) == cal.threshold_for(1.0) == 0.6
 
 
-def test_single_title_index_falls_back_to_prior(tmp_path):
+def test_one_title_index_answers_unknown_for_other_productions(tmp_path):
+    # Before the background set, one title meant no unknown probe: everything got that title at ~1.0.
+    m = Matcher.create(tmp_path / "i")
+    m.add([draw_frame("Ice Kingdom", s) for s in range(20)], title="Ice Kingdom")
+    cal = Calibration.from_dict(m.store.manifest["calibration"])
+    assert cal.fitted and cal.background > 500  # unknown probes from the shipped background set
+    assert m.match(draw_frame("Ice Kingdom", 2)).title == "Ice Kingdom"
+    for style in ("Sunny Farm", "Night Patrol"):
+        results = [m.match(draw_frame(style, 300 + s)) for s in range(4)]
+        assert [r.title for r in results] == [None] * 4, style
+
+
+def test_thin_calibration_is_said_in_the_result_and_in_index_info(tmp_path):
     m = Matcher.create(tmp_path / "i")
     m.add([draw_frame("Ice Kingdom", s) for s in range(5)], title="Ice Kingdom")
-    cal = Calibration.from_dict(m.store.manifest["calibration"])
-    assert cal.fitted is False
-    assert m.match(draw_frame("Ice Kingdom", 2)).title == "Ice Kingdom"
+    r = m.match(draw_frame("Ice Kingdom", 2))
+    assert r.to_dict()["calibration_warning"].startswith("calibrated on few probes")
+    assert m.info()["calibration_warning"] == r.calibration_warning
+    assert m.info()["calibration_probes"]["unknown"] >= 500
 
 
 def test_evidence_scale_only_for_embedders_that_report_coverage():

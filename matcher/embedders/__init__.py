@@ -19,8 +19,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from matcher.errors import MatcherError
 
-class EmbedderError(Exception):
+
+class EmbedderError(MatcherError):
     """A model spec cannot be turned into an embedder (unknown spec, weights missing or unreadable)."""
 
 

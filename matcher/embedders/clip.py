@@ -57,13 +57,58 @@ def weights_fingerprint(path: Path) -> str:
     return digest
 
 
-def _how_to_provide(arch: str, pretrained: str, where: Path) -> str:
+def _hub_file(cfg: dict) -> tuple[str, str] | None:
+    """(repo_id, filename) of a tag's checkpoint on the Hugging Face hub, or None when it has none."""
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return None
+    parts = repo.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or "open_clip_model.safetensors"
+
+
+def local_name(arch: str, pretrained: str, filename: str) -> str:
+    """The file name under the models dir where a hand-copied checkpoint of a tag is looked for."""
+    return f"{arch}-{pretrained}{Path(filename).suffix or '.bin'}"
+
+
+def _how_to_provide(arch: str, pretrained: str, where: Path, cfg: dict | None = None) -> str:
+    hub = _hub_file(cfg or {})
+    if hub is not None:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        url = f"{endpoint}/{hub[0]}/resolve/main/{hub[1]}"
+        target = where.expanduser().absolute() / local_name(arch, pretrained, hub[1])
+        return (
+            f"cannot download weights {pretrained!r} for clip:{arch} (no network). On a connected "
+            f"machine fetch {url} and save it here as {target} (or pass the file with --pretrained FILE)"
+        )
     return (
-        f"cannot obtain weights {pretrained!r} for clip:{arch}. Provide them offline: download the "
-        f"checkpoint on a connected machine and pass it with --pretrained /path/to/file.bin (or .pt/"
-        f".safetensors), or copy the open_clip cache into {where} (env MATCHER_MODELS). "
-        f"The weights-free '--model classic' works with no download at all."
+        f"cannot obtain weights {pretrained!r} for clip:{arch}: pass a local checkpoint file with "
+        f"--pretrained FILE (.bin/.pt/.safetensors), or copy the open_clip cache into {where} "
+        "(env MATCHER_MODELS)"
     )
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the weights' host accepts a connection within ``timeout`` s (DNS included): without
+    network, open_clip's download retries for about a minute before it fails."""
+    import concurrent.futures
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+
+    def connect() -> bool:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            return True
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure to connect means: not reachable now
+        return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _register_model_configs(where: Path) -> None:
@@ -106,16 +151,27 @@ def resolve_weights(arch: str, pretrained: str, where: Path) -> tuple[Path, dict
     cached = _cached_checkpoint(cfg, where)
     if cached is not None:
         return cached, cfg
-    if os.environ.get("MATCHER_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
-        raise EmbedderError(_how_to_provide(arch, pretrained, where))
+    hub = _hub_file(cfg)
+    if hub is not None and (where / local_name(arch, pretrained, hub[1])).is_file():
+        return where / local_name(arch, pretrained, hub[1]), cfg
+    offline = os.environ.get("MATCHER_OFFLINE") or os.environ.get("HF_HUB_OFFLINE")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if offline or not _reachable(endpoint):
+        raise EmbedderError(_how_to_provide(arch, pretrained, where, cfg))
+    created = not where.exists()
     where.mkdir(parents=True, exist_ok=True)
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # one clear error, not retry noise
+    local, error = None, None
     try:
         local = open_clip.download_pretrained(cfg, cache_dir=str(where))
     except Exception as exc:  # network errors come in many types (requests, hf_hub, urllib)
-        raise EmbedderError(_how_to_provide(arch, pretrained, where)) from exc
+        error = exc
     if not local or not Path(local).is_file():
-        raise EmbedderError(_how_to_provide(arch, pretrained, where))
+        if created:  # leave no empty models/ behind
+            import shutil
+
+            shutil.rmtree(where, ignore_errors=True)
+        raise EmbedderError(_how_to_provide(arch, pretrained, where, cfg)) from error
     return Path(local), cfg
 
 
