@@ -80,14 +80,16 @@ class Matcher:
         pretrained: str | None = None,
         models_dir: str | os.PathLike | None = None,
         device: str | None = None,
+        read_only: bool = False,
     ) -> Matcher:
         """Open an existing index; queries always use the index's own embedder.
 
         ``pretrained`` overrides where the weights are (e.g. the checkpoint file moved to another
-        machine); their fingerprint must still match the one the index was built with."""
+        machine); their fingerprint must still match the one the index was built with.
+        ``read_only`` opens it for matching only, touching nothing on disk (`matcher serve`)."""
         index_dir = default_index_dir(index_dir)
         try:
-            store = ReferenceStore.open(index_dir)
+            store = ReferenceStore.open(index_dir, read_only=read_only)
         except StoreError as exc:
             raise MatcherError(str(exc)) from None
         info = store.manifest["embedder"]

@@ -20,6 +20,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,9 @@ class ReferenceStore:
         return store
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> ReferenceStore:
-
+    def open(cls, root: str | os.PathLike, read_only: bool = False) -> ReferenceStore:
+        """``read_only``: SQLite opened with mode=ro and nothing on disk touched (a server reading
+        beside `index add`); the connection may then be used from any thread (callers serialise)."""
         root = Path(root)
         mpath = root / MANIFEST
         if not mpath.is_file():
@@ -169,13 +171,14 @@ class ReferenceStore:
         else:
             index = ann.exact_index(dim)
         try:
-            db = cls._connect(root)
+            db = cls._connect_read_only(root) if read_only else cls._connect(root)
             db.execute("SELECT count(*) FROM refs").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{root / DATABASE}: corrupt metadata database ({exc})") from None
         store = cls(root, manifest, index, db, None)
         store._mapped = mapped
-        store._recover()
+        if not read_only:
+            store._recover()  # read-only: rows of a half-written generation are filtered by _visible
         return store
 
     @property
@@ -207,6 +210,14 @@ class ReferenceStore:
         if self._mapped:
             self.index = ann.read_index(self.root / self.manifest["vectors"], mmap=False)
             self._mapped = False
+
+    @staticmethod
+    def _connect_read_only(root: Path) -> sqlite3.Connection:
+        path = (root / DATABASE).resolve()
+        if not path.is_file():
+            raise sqlite3.DatabaseError("no metadata database")
+        uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+        return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
     @staticmethod
     def _connect(root: Path) -> sqlite3.Connection:
