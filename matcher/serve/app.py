@@ -16,6 +16,7 @@ Safety (the uploads, and the dump reports' file names, come from an adversary):
 from __future__ import annotations
 
 import base64
+import copy
 import hmac
 import ipaddress
 import os
@@ -288,7 +289,8 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
         max_confidence: float | None = Query(None, ge=0, le=1),
     ):
         rep = report_of(number)
-        rows = with_ids([dict(r) for r in rep.filtered(title, status, min_confidence, max_confidence)])
+        found = rep.filtered(title, status, min_confidence, max_confidence)
+        rows = with_ids([copy.deepcopy(r) for r in found])  # the report's own records stay as read
         groups: dict[str, list] = {}
         for r in rows[:2000]:
             key = r.get("title") or ("unknown" if r.get("status") == "unknown" else r.get("status") or "?")
