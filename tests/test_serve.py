@@ -296,6 +296,28 @@ def test_report_browser_filters_and_export_carries_decisions(client, world):
     assert client.get("/reports/7/records").status_code == 404
 
 
+def test_report_thumbnails_only_from_the_dump_and_only_unchanged(client, world):
+    recs = {r["path"]: r for r in client.get("/reports/0/records").json()["records"]}
+    a = recs["a.png"]
+    url = "/reports/0/thumbnail"
+    r = client.get(url, params={"path": "a.png", "sha256": a["sha256"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) <= 160
+    page = client.get("/ui/reports/0").text
+    assert "/reports/0/thumbnail?path=a.png&amp;sha256=" + a["sha256"] in page
+    # only lines of the report, and never outside its dump directory
+    assert client.get(url, params={"path": "../refs/t0/0.png", "sha256": a["sha256"]}).status_code == 404
+    assert client.get(url, params={"path": "a.png", "sha256": "0" * 64}).status_code == 404
+    source = world["dump"] / "a.png"
+    original = source.read_bytes()
+    try:
+        source.write_bytes(png(1, 1))
+        r = client.get(url, params={"path": "a.png", "sha256": a["sha256"]})
+        assert r.status_code == 409 and "changed since the report was written" in r.json()["detail"]
+    finally:
+        source.write_bytes(original)
+
+
 def test_review_log_is_locked_to_one_server(world, tmp_path):
     with TestClient(create_app(config(world, tmp_path)), base_url=BASE):
         with pytest.raises(Exception, match="in use"):

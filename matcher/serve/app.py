@@ -255,6 +255,11 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
     else:
         hosts.add("*")  # reachable under names the server cannot know; the token guards it
 
+    def index_info() -> dict:
+        matcher = st.holder.get()
+        with st.engine.match_lock:  # one SQLite connection, shared by the request threads
+            return matcher.info()
+
     def page(request: Request, name: str, **context) -> HTMLResponse:
         context.setdefault("reports", [r.summary() for r in st.reports])
         context.setdefault("decisions", DECISIONS)
@@ -277,7 +282,7 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(request: Request):
-        return page(request, "match.html", info=st.holder.get().info())
+        return page(request, "match.html", info=index_info())
 
     @app.get("/ui/reports/{number}", response_class=HTMLResponse, include_in_schema=False)
     def report_page(
@@ -342,12 +347,12 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
         }
 
     @app.get("/index", tags=["index"], summary="What `matcher index info --json` shows")
-    def index_info() -> dict:
-        return st.holder.get().info()
+    def index_facts() -> dict:
+        return index_info()
 
     @app.get("/titles", tags=["index"], summary="The titles in the index and their still counts")
     def titles() -> dict:
-        return {"titles": [{"title": t, "stills": n} for t, n in st.holder.get().info()["titles"].items()]}
+        return {"titles": [{"title": t, "stills": n} for t, n in index_info()["titles"].items()]}
 
     @app.post(
         "/match",
@@ -430,23 +435,55 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
             raise HTTPException(404, f"reference {reference_id} was indexed from memory, not from a file")
         if not ref.sha256:
             raise HTTPException(409, f"reference {reference_id}: no sha256 recorded, cannot verify the file")
+        spec = {"timestamp": ref.timestamp} if ref.timestamp is not None else {}
+        return thumbnail(f"reference {reference_id}", source, spec, ref.sha256, "it was indexed")
+
+    @app.get(
+        "/reports/{number}/thumbnail",
+        tags=["reports"],
+        summary="The leaked frame of a report line, re-encoded as a JPEG of at most 160 px",
+        description=(
+            "`path` and `sha256` name a file line of the report; the file is read from the dump "
+            "directory the report's run recorded, never outside it, and only while its sha256 "
+            "still matches the report's (409 otherwise)."
+        ),
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    def report_thumbnail(number: int, path: str, sha256: str):
+        rep = report_of(number)
+        rec = next((r for r in rep.files if r.get("path") == path and r.get("sha256") == sha256), None)
+        root = rep.run.get("dump_root")
+        if rec is None or not root or not os.path.isabs(root):
+            raise HTTPException(404, "no such file line in the report")
+        real_root = os.path.realpath(root)
+        target = os.path.realpath(os.path.join(real_root, path))
+        if not target.startswith(real_root + os.sep):  # a doctored report cannot point elsewhere
+            raise HTTPException(404, "the report's path leads outside its dump directory")
+        ev = (rec.get("evidence") or [{}])[0]
+        spec = {}
+        if ev.get("query_timestamp") is not None:
+            spec = {"timestamp": ev["query_timestamp"]}
+        elif ev.get("query_frame") is not None:
+            spec = {"frame": ev["query_frame"]}
+        return thumbnail(path, target, spec, sha256, "the report was written")
+
+    def thumbnail(what: str, source: str, spec: dict, sha256: str, since: str) -> Response:
+        """A bounded JPEG of one file, decoded in the crash-contained pool, only if its sha256 matches.
+        Cached by the file's identity (inode, size, mtime, ctime): a changed file is hashed again."""
         try:
             fst = os.lstat(source)
         except OSError:
-            raise HTTPException(404, f"reference {reference_id}: its source file is gone") from None
-        key = (reference_id, fst.st_ino, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns)
+            raise HTTPException(404, f"{what}: its source file is gone") from None
+        key = (source, tuple(sorted(spec.items())), fst.st_ino, fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns)
         with st.thumb_lock:
             jpeg = st.thumbs.get(key)
         if jpeg is None:
-            spec = {"timestamp": ref.timestamp} if ref.timestamp is not None else {}
             task = dump.Task(idx=0, rel=source, abspath=os.fsencode(source), thumb=spec)
             res = st.engine.decoder.decode(task)
-            if res.get("status") == "error" or not res.get("thumb"):
-                raise HTTPException(422, f"reference {reference_id}: {res.get('reason') or 'not decodable'}")
-            if res.get("sha256") != ref.sha256:
-                raise HTTPException(
-                    409, f"reference {reference_id}: the file at its source changed since it was indexed"
-                )
+            if res.get("sha256") is not None and res.get("sha256") != sha256:
+                raise HTTPException(409, f"{what}: the file at its source changed since {since}")
+            if res.get("status") in ("error", "skipped") or not res.get("thumb"):
+                raise HTTPException(422, f"{what}: {res.get('reason') or 'not decodable'}")
             jpeg = base64.b64decode(res["thumb"].split(",", 1)[1])
             with st.thumb_lock:
                 st.thumbs[key] = jpeg

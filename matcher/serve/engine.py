@@ -214,7 +214,8 @@ class UploadMatcher:
                 if "frame" in meta:
                     d["frame"] = meta["frame"]
                 out.append(d)
-                self._remember(d)
+                with self.match_lock:
+                    self._remember(d)
         return out
 
     def _remember(self, d: dict) -> None:
@@ -230,7 +231,8 @@ class UploadMatcher:
             self.recent.popitem(last=False)
 
     def verdict(self, sha256: str, timestamp=None, frame=None) -> dict | None:
-        return self.recent.get((sha256, timestamp, frame))
+        with self.match_lock:
+            return self.recent.get((sha256, timestamp, frame))
 
     def close(self) -> None:
         self.decoder.close()
