@@ -230,6 +230,9 @@ def test_foreign_host_and_cross_origin_writes_are_refused(client):
     body = {"reviewer": "x", "decision": "reject", "reason": "y", "sha256": "0" * 64}
     r = client.post("/reviews", json=body, headers={"origin": "http://attacker.example"})
     assert r.status_code == 403
+    # what a cross-site form can send without a preflight: not JSON, so not accepted
+    r = client.post("/reviews", content=json.dumps(body), headers={"content-type": "text/plain"})
+    assert r.status_code == 422
     page = client.get("/")
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp and "unsafe-inline" not in csp
@@ -316,6 +319,23 @@ def test_report_thumbnails_only_from_the_dump_and_only_unchanged(client, world):
         assert r.status_code == 409 and "changed since the report was written" in r.json()["detail"]
     finally:
         source.write_bytes(original)
+
+
+def test_a_doctored_report_cannot_reach_outside_its_dump(world, tmp_path):
+    import hashlib
+
+    secret = world["refs"][A][0]  # a real image outside the dump directory
+    rel = os.path.relpath(secret, world["dump"])
+    sha = hashlib.sha256(secret.read_bytes()).hexdigest()
+    doctored = tmp_path / "doctored.jsonl"
+    lines = [
+        {"record": "run", "dump_root": str(world["dump"])},
+        {"record": "file", "path": rel, "sha256": sha, "status": "matched", "title": A, "confidence": 0.9},
+    ]
+    doctored.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with TestClient(create_app(config(world, tmp_path, reports=[str(doctored)])), base_url=BASE) as c:
+        r = c.get("/reports/0/thumbnail", params={"path": rel, "sha256": sha})
+        assert r.status_code == 404 and "outside its dump directory" in r.json()["detail"]
 
 
 def test_review_log_is_locked_to_one_server(world, tmp_path):
