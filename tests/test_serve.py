@@ -230,6 +230,8 @@ def test_foreign_host_and_cross_origin_writes_are_refused(client):
     body = {"reviewer": "x", "decision": "reject", "reason": "y", "sha256": "0" * 64}
     r = client.post("/reviews", json=body, headers={"origin": "http://attacker.example"})
     assert r.status_code == 403
+    r = client.post("/reviews", json=body, headers={"origin": "null"})  # e.g. a saved HTML page
+    assert r.status_code == 403
     # what a cross-site form can send without a preflight: not JSON, so not accepted
     r = client.post("/reviews", content=json.dumps(body), headers={"content-type": "text/plain"})
     assert r.status_code == 422

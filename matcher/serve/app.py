@@ -129,8 +129,8 @@ class Guard:
         if "*" not in self.hosts and _hostname(host) not in self.hosts:
             return await _plain(secure_send, 400, f"unknown Host header {host[:100]!r}")
         origin = headers.get("origin")
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin and origin != "null":
-            if urlsplit(origin).netloc != host:
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            if urlsplit(origin).netloc != host:  # "null" too: a sandboxed frame or a file:// page
                 return await _plain(secure_send, 403, "cross-origin request refused")
         if self.config.token and not _public(scope["path"]):
             given = headers.get("authorization", "")
