@@ -194,6 +194,29 @@ def test_a_crashing_or_hanging_decoder_fails_one_request_not_the_server(world, t
         assert c.get("/health").json()["decoder_crashes"] == 2
 
 
+def test_decode_workers_outlive_the_request_thread_that_started_them(world, tmp_path):
+    """Workers die with the thread that forked them (PR_SET_PDEATHSIG, dump._worker_init), and the
+    server's request threads come and go: the pool must be forked from a thread that stays."""
+    import threading
+
+    from matcher.serve.engine import SharedDecoder
+
+    (tmp_path / "a.png").write_bytes(png())
+    with Matcher.open(world["index"]) as m:
+        decoder = SharedDecoder(m, 1, dump.Limits(), timeout=30.0)
+    task = dump.Task(idx=0, rel="a.png", abspath=os.fsencode(tmp_path / "a.png"))
+    results = []
+    try:
+        t = threading.Thread(target=lambda: results.append(decoder.decode(task)))
+        t.start()
+        t.join()  # the request thread is gone
+        time.sleep(0.5)
+        results.append(decoder.decode(task))
+    finally:
+        decoder.close()
+    assert [r["status"] for r in results] == [None, None] and decoder.crashes == 0
+
+
 def test_uploads_are_stored_under_server_names_and_removed(client, tmp_path):
     r = post(client, ("../../../../tmp/evil <i>.png", png(), "image/png"))
     assert r.status_code == 200

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -91,7 +92,11 @@ class IndexHolder:
 
 
 class SharedDecoder:
-    """dump.DecodePool shared by concurrent requests; thread-safe, survives crashing decoders."""
+    """dump.DecodePool shared by concurrent requests; thread-safe, survives crashing decoders.
+
+    The workers are forked by one long-lived "keeper" thread, never by a request thread: a worker
+    dies with the thread that forked it (dump._worker_init sets PR_SET_PDEATHSIG, which Linux ties
+    to the forking thread), and the server retires idle request threads."""
 
     def __init__(self, matcher: Matcher, workers: int, limits: dump.Limits, timeout: float):
         transform, _ = dump._prep_fns(matcher)
@@ -100,18 +105,42 @@ class SharedDecoder:
         self.timeout = timeout
         self.lock = threading.Lock()
         self.pool = dump.DecodePool(workers, limits, timeout, transform)
+        self.keeper = ThreadPoolExecutor(1, thread_name_prefix="matcher-decode-keeper")
         self.crashes = 0
 
+    def _spawn(self):
+        """(keeper thread) A fresh executor with every worker forked now: with fork, Python starts
+        all of a pool's workers at its first task."""
+        executor = self.pool._ensure()
+        executor.submit(os.getpid).result(timeout=self.timeout)
+        return executor
+
+    def _executor(self):
+        """The live executor (caller holds self.lock); a broken one is replaced."""
+        executor = self.pool.pool
+        if executor is not None and getattr(executor, "_broken", False):
+            self.pool._kill()
+            executor = None
+        if executor is None:
+            executor = self.keeper.submit(self._spawn).result()
+        return executor
+
     def start(self) -> None:
-        """Fork the workers now, before the server has threads of its own."""
+        """Fork the workers now, before the server answers its first request."""
         with self.lock:
-            self.pool._ensure()
+            self._executor()
 
     def decode(self, task: dump.Task) -> dict:
-        with self.lock:
-            executor = self.pool._ensure()
-            future = executor.submit(dump.process, task, self.limits)
+        executor = None
         try:
+            with self.lock:
+                executor = self._executor()
+                try:
+                    future = executor.submit(dump.process, task, self.limits)
+                except BrokenProcessPool:  # broke since the check: replace it once
+                    self.pool._kill()
+                    executor = self._executor()
+                    future = executor.submit(dump.process, task, self.limits)
             return future.result(timeout=self.timeout)
         except (BrokenProcessPool, FutureTimeout) as exc:
             with self.lock:
@@ -125,7 +154,8 @@ class SharedDecoder:
             return dump._failed(task, f"decode failed: {dump.one_line(exc)}")
 
     def _alone(self, task: dump.Task) -> dict:
-        """Retry one file in a worker of its own: a crash there is this file's."""
+        """Retry one file in a worker of its own: a crash there is this file's. (Forked by this
+        request thread, which waits for it: the worker cannot outlive its use.)"""
         solo = dump.DecodePool(1, self.limits, self.timeout, self.transform)
         try:
             return solo.run_one(task)
@@ -135,6 +165,7 @@ class SharedDecoder:
     def close(self) -> None:
         with self.lock:
             self.pool.close(graceful=False)
+        self.keeper.shutdown(wait=False)
 
 
 @dataclass
