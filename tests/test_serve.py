@@ -403,6 +403,13 @@ def test_cli_refuses_unsafe_or_broken_setups_in_one_line(world, tmp_path):
 
     p = serve("--index", str(world["index"]), "--host", "0.0.0.0")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--token" in p.stderr
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        p = serve("--index", str(world["index"]), "--port", str(busy.getsockname()[1]))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot listen on 127.0.0.1:" in p.stderr
     p = serve("--index", str(tmp_path / "nothing"))
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no index here" in p.stderr
     p = serve("--index", str(world["index"]), "--report", str(tmp_path / "missing.jsonl"))

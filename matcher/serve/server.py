@@ -41,9 +41,20 @@ def main(config: ServeConfig) -> int:
     # Every temporary file of this process (the multipart parser's spools of large uploads too)
     # goes to the server's private directory, mode 0700.
     tempfile.tempdir = str(state.workdir)
-    state.engine.decoder.start()
+    state.engine.decoder.start()  # forked before the listening socket exists: workers never hold it
+    import socket
+
     import uvicorn
 
+    try:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+        sock.listen(128)
+    except OSError as exc:
+        state.close()
+        return err(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
     app = create_app(config, state)
     info = state.holder.matcher.info()
     print(
@@ -51,10 +62,12 @@ def main(config: ServeConfig) -> int:
         f"({info['references']} references, {len(info['titles'])} titles); review log {state.reviews.path}",
         file=sys.stderr,
     )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", server_header=False)
+    )
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning", server_header=False)
-    except OSError as exc:  # uvicorn reports a busy port itself and exits; this is anything else
-        return err(f"{config.host}:{config.port}: {exc.strerror or exc}")
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         state.close()
     return 0
