@@ -152,3 +152,34 @@ def test_upload_see_evidence_decide_and_find_it_in_the_log(server, browser):
 
     problems = [e["message"] for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
     assert not problems, problems  # no CSP violation, no failed load, no script error
+
+
+def test_drop_and_paste_upload_a_frame(server, browser):
+    """The other two ways in: a file dropped on the page, and an image pasted from the clipboard
+    (events built in the page from a reference thumbnail the server itself serves)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = server
+    wait = WebDriverWait(browser, 60)
+    send = """
+        const [how, name, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+        fetch("/references/1/thumbnail").then(r => r.blob()).then(blob => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], name, {type: "image/jpeg"}));
+          if (how === "drop") {
+            document.getElementById("drop").dispatchEvent(
+              new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+          } else {
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true}));
+          }
+          done(true);
+        });
+    """
+    for how in ("drop", "paste"):
+        browser.get(base + "/")
+        assert browser.execute_async_script(send, how, f"{how}.jpg")
+        path = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".result .path").text or None)
+        assert path == f"{how}.jpg"
+        # reference 1 is the demo's first still, Big Buck Bunny at 0 s: its own thumbnail finds it
+        assert browser.find_element(By.CSS_SELECTOR, ".result .title").text == "Big Buck Bunny"
