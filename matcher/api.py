@@ -145,7 +145,8 @@ class Matcher:
         """Open an existing index; queries always use the index's own embedder.
 
         ``pretrained`` overrides where the weights are (e.g. the checkpoint file moved to another
-        machine); their fingerprint must still match the one the index was built with."""
+        machine); their fingerprint must still match the one the index was built with. The index
+        is opened read-only (nothing on disk is touched; see ReferenceStore.open)."""
         index_dir = default_index_dir(index_dir)
         try:
             store = ReferenceStore.open(index_dir)
@@ -586,11 +587,11 @@ class Matcher:
                 tie=TitleScorer.tied(ranking) if len(TitleScorer.tied(ranking)) > 1 else [],
             )
             if still is not None and still.sha256 and still.timestamp is None:
-                self._mark_identical(result)
+                self.mark_identical(result)
             out.append(result)
         return out
 
-    def _mark_identical(self, result: MatchResult) -> None:
+    def mark_identical(self, result: MatchResult) -> None:
         """A file that is byte for byte a reference file is that reference: say so (sha256), with
         certainty, instead of a similarity. Same content under two titles: a tie, no title."""
         same = self.store.references_by_sha256(result.sha256)

@@ -451,6 +451,41 @@ def _clean(value) -> str:
     return "" if value is None else safe_text(value)
 
 
+@app.command("serve")
+def serve_cmd(
+    index: Path | None = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (other than loopback: --token)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    report: list[Path] = typer.Option([], "--report", help="Dump report (JSONL) to browse and review."),
+    review_log: Path = typer.Option(
+        Path("matcher-reviews.jsonl"), "--review-log", help="Append-only log of reviewer decisions."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="MATCHER_SERVE_TOKEN", help="Bearer token required by every request."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decode processes."),
+    max_upload_mb: int = typer.Option(64, "--max-upload-mb", min=1, help="Largest file accepted."),
+    max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, help="Largest image, in pixels."),
+) -> None:
+    """A local web page and HTTP API over the index (see docs/SERVE.md)."""
+    from matcher.dump import DEFAULT_MAX_PIXELS  # the web stack is imported by `serve` only
+    from matcher.serve.app import ServeConfig
+    from matcher.serve.server import main
+
+    config = ServeConfig(
+        index=str(default_index_dir(index)),
+        host=host,
+        port=port,
+        reports=[str(p) for p in report],
+        review_log=str(review_log),
+        token=token or None,
+        workers=workers,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+    )
+    raise typer.Exit(main(config))
+
+
 def match_entry() -> None:
     """`match cel.png`: the short form of `matcher match`."""
     typer.main.get_command(app).main(args=["match", *sys.argv[1:]], prog_name="match")

@@ -1109,9 +1109,9 @@ class DumpRun:
             if isinstance(r, Exception):
                 fields = {"status": "error", "reason": f"matching failed: {one_line(r)}"}
             else:
-                if not st.multi and st.sha256 and hasattr(self.matcher, "_mark_identical"):
+                if not st.multi and st.sha256 and hasattr(self.matcher, "mark_identical"):
                     r.sha256 = st.sha256  # a byte copy of a reference is reported as that reference
-                    self.matcher._mark_identical(r)
+                    self.matcher.mark_identical(r)
                 d = r.to_dict()
                 d.pop("path", None)
                 d.pop("sha256", None)

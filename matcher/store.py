@@ -349,7 +349,8 @@ def _read_only_db(path: Path) -> sqlite3.Connection:
     """Open a committed metadata file without ever writing to it (immutable: no journal, no lock
     file, nothing created when it is missing)."""
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro&immutable=1"
-    return sqlite3.connect(uri, uri=True)
+    # read-only, so one connection may serve several threads (`matcher serve` serialises its reads)
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
 class ReferenceStore:

@@ -16,6 +16,11 @@ Stages:
           on pre-decoded tensors, and a naive one-image-at-a-time loop.
   e2e     `matcher match cel.png` wall time and peak memory on a 10k-still classic index, and
           `matcher match DIR` files/s on 1,000 files.
+  serve   `matcher serve` on a 10k-still classic index over loopback (issue 18): requests/s and
+          p50/p95 latency of POST /match (the 1080p cel) with 1, 4 and 16 concurrent clients,
+          against `match cel.png` run in a loop; server memory (with its decode workers) before
+          and after 10,000 requests of a small frame (8 clients); 100 concurrent hostile uploads (bombs,
+          truncated files): every request answered, server alive.
 
 Prints a markdown report (pasted into docs/BENCHMARKS.md, section "Speed (issue 5)") and, with
 --json, writes the raw numbers.
@@ -704,6 +709,313 @@ def report_e2e(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# serve: matcher serve over loopback
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "matcherbench" + os.urandom(8).hex()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(conn, body: bytes, ctype: str) -> tuple[int, bytes]:
+    conn.request("POST", "/match", body=body, headers={"Content-Type": ctype})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def _load(port: int, body: bytes, ctype: str, clients: int, requests_each: int) -> dict:
+    """`clients` threads, each on its own keep-alive connection, posting back to back."""
+    import http.client
+    import threading
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        mine = []
+        for _ in range(requests_each):
+            t = time.perf_counter()
+            try:
+                status, _ = _post(conn, body, ctype)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                status = -1
+            mine.append(time.perf_counter() - t)
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    lat = sorted(latencies)
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "wall_s": wall,
+        "rps": len(lat) / wall,
+        "p50_s": lat[len(lat) // 2],
+        "p95_s": lat[min(len(lat) - 1, int(len(lat) * 0.95))],
+        "statuses": statuses,
+    }
+
+
+def _tree_rss_mb(pid: int) -> dict:
+    """RSS of a process and of its children (the decode workers), from /proc."""
+
+    def rss(p: int) -> float:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(rss(int(d.name)))
+            except (OSError, ValueError, IndexError):
+                pass
+    return {"server_mb": rss(pid), "workers_mb": sum(kids), "workers": len(kids)}
+
+
+def _hostile_uploads() -> list[tuple[str, bytes]]:
+    """Bombs, truncated and corrupt files: what an adversary posts (tests/_hostile.py's kinds)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb_png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+    gif = io.BytesIO()
+    Image.new("P", (1, 1)).save(gif, format="GIF")
+    bomb_gif = bytearray(gif.getvalue())
+    bomb_gif[6:10] = struct.pack("<HH", 12000, 12000)  # 144 Mpx: over the 80 Mpx limit
+    good = io.BytesIO()
+    draw_still(np.random.default_rng(3), (640, 360)).save(good, format="PNG")
+    jpg = io.BytesIO()
+    draw_still(np.random.default_rng(4), (640, 360)).save(jpg, format="JPEG")
+    g = good.getvalue()
+    # a PNG whose IDAT inflates to 1 GB of zeros while its header claims only 9 Mpx
+    zeros = zlib.compressobj(9)
+    idat = b"".join(zeros.compress(b"\0" * (1 << 24)) for _ in range(64)) + zeros.flush()
+    zip_bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 3000, 3000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
+    kinds = [
+        ("bomb.png", bomb_png),
+        ("bomb.gif", bytes(bomb_gif)),
+        ("inflate-bomb.png", zip_bomb),
+        ("truncated.png", g[: len(g) // 2]),
+        ("truncated.jpg", jpg.getvalue()[:900]),
+        ("corrupt.png", g[:40] + bytes(range(256)) * 8),
+        ("fake.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200),
+        ("empty.png", b""),
+        ("text.png", b"not an image\n" * 10),
+        ("good.png", g),
+    ]
+    return [kinds[i % len(kinds)] for i in range(100)]
+
+
+def bench_serve(workdir: Path, n_index: int, requests_per_level: int, soak: int) -> dict:
+    import http.client
+    import io
+    import shutil
+    import socket
+    import threading
+
+    snap = workdir / "snapshot-serve"
+    shutil.copytree(ROOT / "matcher", snap / "matcher", ignore=shutil.ignore_patterns("__pycache__"))
+    index = workdir / "index"
+    res: dict = {"n_index": n_index}
+    if not (index / "manifest.json").exists():
+        log(f"serve: building a {n_index}-still classic index")
+        t = time.perf_counter()
+        code = (
+            "import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('benchmod', {str(Path(__file__).resolve())!r})\n"
+            "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+            f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
+            f"sys.path.insert(0, {str(snap)!r})\n"
+            f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index})\n"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=snap, check=True)
+        res["build_s"] = time.perf_counter() - t
+    cel = workdir / "cel.png"
+    draw_still(np.random.default_rng(123), (1920, 1080)).save(cel)
+    res["cel_bytes"] = cel.stat().st_size
+    pyc = workdir / "pycache"
+    args = ["match", str(cel), "--index", str(index)]
+    run_cli(args, pyc, snap)  # bytecode cache, as an installed package has it
+    loop = [run_cli(args, pyc, snap)["wall_s"] for _ in range(10)]
+    res["cli_loop"] = {"runs": len(loop), "rps": len(loop) / sum(loop), "p50_s": statistics.median(loop)}
+    log(f"serve: match cel.png in a loop: {res['cli_loop']}")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(pyc)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    cmd = [sys.executable, "-m", "matcher.cli", "serve", "--index", str(index), "--port", str(port)]
+    cmd += ["--review-log", str(workdir / "reviews.jsonl"), "--workers", str(os.cpu_count() or 2)]
+    # the server's stderr goes to a file: a pipe nobody reads would stall it once full
+    server_log = open(workdir / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(cmd, cwd=snap, env=env, stderr=server_log, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log_text = (workdir / "serve.log").read_text()[-2000:]
+                    raise RuntimeError(f"serve did not start: {log_text}") from None
+                time.sleep(0.3)
+        body, ctype = _multipart("cel.png", cel.read_bytes())
+        _load(port, body, ctype, 2, 5)  # warm-up
+        res["levels"] = []
+        for clients in (1, 4, 16):
+            r = _load(port, body, ctype, clients, max(2, requests_per_level // clients))
+            log(f"serve: {clients} clients: {r}")
+            res["levels"].append(r)
+
+        small = io.BytesIO()
+        draw_still(np.random.default_rng(9), (320, 180)).save(small, format="PNG")
+        sbody, sctype = _multipart("small.png", small.getvalue())
+        _load(port, sbody, sctype, 4, 50)
+        res["mem_before"] = _tree_rss_mb(server.pid)
+        half = _load(port, sbody, sctype, 8, soak // 16)
+        res["mem_half"] = _tree_rss_mb(server.pid)
+        rest = _load(port, sbody, sctype, 8, soak // 16)
+        res["mem_after"] = _tree_rss_mb(server.pid)
+        res["soak"] = {
+            "requests": half["requests"] + rest["requests"],
+            "rps": (half["requests"] + rest["requests"]) / (half["wall_s"] + rest["wall_s"]),
+            "statuses": {
+                k: half["statuses"].get(k, 0) + rest["statuses"].get(k, 0)
+                for k in {*half["statuses"], *rest["statuses"]}
+            },
+        }
+        log(f"serve: soak {res['soak']}; memory {res['mem_before']} -> {res['mem_after']}")
+
+        uploads = _hostile_uploads()
+        answers: list = [None] * len(uploads)
+
+        def hostile(i: int) -> None:
+            name, data = uploads[i]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            try:
+                status, raw = _post(conn, *_multipart(name, data))
+                answers[i] = (name, status, json.loads(raw))
+            except Exception as e:  # noqa: BLE001 - a missing answer is what is measured
+                answers[i] = (name, None, str(e))
+            finally:
+                conn.close()
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=hostile, args=(i,)) for i in range(len(uploads))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        by_kind: dict = {}
+        for name, status, _ in answers:
+            by_kind.setdefault(name, {}).setdefault(str(status), 0)
+            by_kind[name][str(status)] += 1
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/health")
+        health = conn.getresponse()
+        alive = health.status == 200 and json.loads(health.read())["status"] == "ok"
+        after = _load(port, body, ctype, 1, 3)
+        res["hostile"] = {
+            "requests": len(uploads),
+            "answered": sum(1 for a in answers if a[1] is not None),
+            "wall_s": time.perf_counter() - t,
+            "by_kind": by_kind,
+            "alive": alive and server.poll() is None,
+            "match_after": after["statuses"],
+        }
+        log(f"serve: hostile {res['hostile']}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        server_log.close()
+    # anything the server logged (uvicorn prints a traceback for every 500) is a finding
+    res["server_log_tracebacks"] = (workdir / "serve.log").read_text().count("Traceback")
+    return res
+
+
+def report_serve(res: dict) -> str:
+    cli = res["cli_loop"]
+    rows = [
+        f"`matcher serve` on a classic index of {res['n_index']:,} stills, loopback, POST /match of a "
+        f"1920x1080 PNG ({res['cel_bytes'] / 1e6:.1f} MB), each client on a keep-alive connection "
+        "posting back to back; the server's own decode workers, one per core.",
+        "",
+        "| clients | requests | requests/s | p50 | p95 | answers |",
+        "|---|---|---|---|---|---|",
+        f"| `match cel.png` in a loop (new process each) | {cli['runs']} | {cli['rps']:.2f} | "
+        f"{cli['p50_s'] * 1000:.0f} ms | - | - |",
+    ]
+    for r in res["levels"]:
+        rows.append(
+            f"| {r['clients']} | {r['requests']} | **{r['rps']:.2f}** | {r['p50_s'] * 1000:.0f} ms | "
+            f"{r['p95_s'] * 1000:.0f} ms | {r['statuses']} |"
+        )
+    m0, m1, m2 = res["mem_before"], res["mem_half"], res["mem_after"]
+    soak = res["soak"]
+    h = res["hostile"]
+    rows += [
+        "",
+        f"Memory over {soak['requests']:,} requests (320x180 PNG, 8 clients, {soak['rps']:.1f} requests/s, "
+        f"answers {soak['statuses']}): server {m0['server_mb']:.0f} -> {m1['server_mb']:.0f} -> "
+        f"{m2['server_mb']:.0f} MB RSS (start / half-way / end), decode workers "
+        f"({m2['workers']}) {m0['workers_mb']:.0f} -> {m1['workers_mb']:.0f} -> {m2['workers_mb']:.0f} MB.",
+        "",
+        f"{h['requests']} concurrent hostile uploads: {h['answered']} answered in {h['wall_s']:.1f} s; "
+        f"server alive afterwards: {'yes' if h['alive'] else 'NO'} (next matches: {h['match_after']}); "
+        f"tracebacks in the server's log over the whole run: {res['server_log_tracebacks']}.",
+        "",
+        "| upload | answers (HTTP status: count) |",
+        "|---|---|",
+    ]
+    rows += [f"| {k} | {v} |" for k, v in sorted(h["by_kind"].items())]
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -736,6 +1048,11 @@ def main(argv: list[str] | None = None) -> int:
         if "e2e" in stages:
             results["e2e"] = bench_e2e(workdir, 1000 if args.quick else 10_000, 100 if args.quick else 1000)
             sections += ["", "### End to end", "", report_e2e(results["e2e"])]
+        if "serve" in stages:
+            n = 1000 if args.quick else 10_000
+            soak = 1000 if args.quick else 10_000
+            results["serve"] = bench_serve(workdir, n, 16 if args.quick else 96, soak)
+            sections += ["", "### matcher serve (issue 18)", "", report_serve(results["serve"])]
         if "search" in stages:
             results["search"] = bench_search(sizes, 20 if args.quick else 50, workdir)
             sections += ["", "### Search", "", report_search(results["search"])]

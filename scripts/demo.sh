@@ -12,3 +12,5 @@ done < demo/titles.tsv
 .venv/bin/matcher index info
 echo
 .venv/bin/match demo/queries/cel.png demo/queries/cel-lineart.png
+echo
+echo "web page and HTTP API over this index: .venv/bin/matcher serve --index $MATCHER_INDEX  (docs/SERVE.md)"
