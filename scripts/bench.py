@@ -16,6 +16,9 @@ Stages:
           on pre-decoded tensors, and a naive one-image-at-a-time loop.
   e2e     `matcher match cel.png` wall time and peak memory on a 10k-still classic index, and
           `matcher match DIR` files/s on 1,000 files.
+  pipeline  issue 16: `index add DIR` and `match DIR` files/s (100 960x540 PNG, classic) against
+          decode-only, `match cel.png` on a 1k index and its imports; with --baseline DIR (a checkout
+          of an older commit) both trees, interleaved round by round.
   serve   `matcher serve` on a 10k-still classic index over loopback (issue 18): requests/s and
           p50/p95 latency of POST /match (the 1080p cel) with 1, 4 and 16 concurrent clients,
           against `match cel.png` run in a loop; server memory (with its decode workers) before
@@ -431,9 +434,11 @@ def write_stills(directory: Path, n: int, size=(1920, 1080), seed: int = 0) -> l
 
 
 def _decode_only(path: str) -> int:
-    from matcher.sources import open_image
+    # PIL alone (open, decode, RGB): the floor does not depend on where matcher keeps its decoder.
+    from PIL import Image
 
-    return open_image(path).size[0]
+    with Image.open(path) as im:
+        return im.convert("RGB").size[0]
 
 
 def decode_floor(paths: list[Path], workers: int) -> float:
@@ -706,6 +711,99 @@ def report_e2e(res: dict) -> str:
             f"{d['workers_peak_mb']:.0f} MB |",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# pipeline: before/after of the one-pipeline redesign (issue 16), interleaved in one run
+
+
+def _snapshot(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src / "matcher", dest / "matcher", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def bench_pipeline(workdir: Path, baseline: Path | None, n_index: int, n_files: int, rounds: int) -> dict:
+    """files/s of `index add DIR` and `match DIR` (960x540 PNG, classic) against the decode-only
+    rate on the same files, `match cel.png` on an n_index index and the import time, for this tree
+    and (with --baseline, a checkout of an older commit) the baseline, interleaved round by round so
+    both see the same machine load."""
+    trees = {"after": _snapshot(ROOT, workdir / "after")}
+    if baseline is not None:
+        trees = {"before": _snapshot(baseline, workdir / "before"), **trees}
+    first = next(iter(trees.values()))
+    log(f"pipeline: building a {n_index}-still classic index")
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('benchmod', {str(Path(__file__).resolve())!r})\n"
+        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+        f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
+        f"sys.path.insert(0, {str(first)!r})\n"
+        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=first, check=True)
+    index = workdir / "index"
+    cel = workdir / "cel.png"
+    draw_still(np.random.default_rng(123), (1920, 1080)).save(cel)
+    files = write_stills(workdir / "dir", n_files, size=(960, 540), seed=5)
+    res: dict = {"n_index": n_index, "n_files": n_files, "rounds": rounds, "trees": {}}
+    decode = []
+    for r in range(rounds):
+        decode.append(decode_floor(files, os.cpu_count() or 1))
+        for name, snap in trees.items():
+            pyc = workdir / f"pycache-{name}"
+            env = {
+                **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+                "PYTHONPYCACHEPREFIX": str(pyc),
+            }
+            one_args = ["match", str(cel), "--index", str(index)]
+            run_cli(one_args, pyc, snap)  # bytecode cache + page cache
+            one = min(run_cli(one_args, pyc, snap)["wall_s"] for _ in range(3))
+            imp = best(
+                lambda snap=snap, env=env: subprocess.run(
+                    [sys.executable, "-c", "import matcher.cli, faiss"], check=True, cwd=snap, env=env
+                ),
+                repeat=3,
+            )
+            m = run_cli(["match", str(workdir / "dir"), "--index", str(index)], pyc, snap)
+            new_index = workdir / f"new-{name}-{r}"
+            a = run_cli(
+                ["index", "add", str(workdir / "dir"), "--title", "T", "--index", str(new_index)], pyc, snap
+            )
+            row = res["trees"].setdefault(
+                name, {"match_one_s": [], "import_s": [], "match_dir_fps": [], "add_fps": []}
+            )
+            row["match_one_s"].append(one)
+            row["import_s"].append(imp)
+            row["match_dir_fps"].append(n_files / m["wall_s"])
+            row["add_fps"].append(n_files / a["wall_s"])
+            log(
+                f"round {r} {name}: one {one:.2f} s, import {imp:.2f} s, "
+                f"match DIR {n_files / m['wall_s']:.1f} files/s, "
+                f"index add {n_files / a['wall_s']:.1f} files/s, decode-only {decode[-1]:.1f}"
+            )
+    res["decode_fps"] = decode
+    return res
+
+
+def report_pipeline(res: dict) -> str:
+    dec = statistics.median(res["decode_fps"])
+    lines = [
+        f"{res['n_files']} 960x540 PNG, classic; `match cel.png` on a {res['n_index']:,}-still index; "
+        f"median of {res['rounds']} interleaved rounds; decode-only {dec:.1f} files/s.",
+        "",
+        "| tree | `index add DIR` files/s (x decode) | `match DIR` files/s (x decode) "
+        "| `match cel.png` | imports |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in res["trees"].items():
+        add, md = statistics.median(row["add_fps"]), statistics.median(row["match_dir_fps"])
+        lines.append(
+            f"| {name} | {add:.1f} ({dec / add:.2f}x) | {md:.1f} ({dec / md:.2f}x) | "
+            f"{statistics.median(row['match_one_s']):.2f} s | {statistics.median(row['import_s']):.2f} s |"
+        )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1026,6 +1124,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write raw numbers here")
     ap.add_argument("--no-clip", action="store_true", help="skip clip:ViT-B-32 in the embed stage")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--baseline", type=Path, help="pipeline stage: a checkout to time against this tree")
+    ap.add_argument("--rounds", type=int, default=3, help="pipeline stage: interleaved rounds")
     args = ap.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     sizes = (
@@ -1048,6 +1148,9 @@ def main(argv: list[str] | None = None) -> int:
         if "e2e" in stages:
             results["e2e"] = bench_e2e(workdir, 1000 if args.quick else 10_000, 100 if args.quick else 1000)
             sections += ["", "### End to end", "", report_e2e(results["e2e"])]
+        if "pipeline" in stages:
+            results["pipeline"] = bench_pipeline(workdir, args.baseline, 1000, 100, args.rounds)
+            sections += ["", "### One pipeline (issue 16)", "", report_pipeline(results["pipeline"])]
         if "serve" in stages:
             n = 1000 if args.quick else 10_000
             soak = 1000 if args.quick else 10_000
