@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from matcher import background, calibration
-from matcher.embedders import Embedder, EmbedderError, create_embedder
-from matcher.pipeline import embed_stills
-from matcher.results import MatchResult, TitleScore
-from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
-from matcher.sources import InputError, Still
-from matcher.store import (
+from matcher.decode.sources import InputError, Still
+from matcher.embed import Embedder, EmbedderError, create_embedder
+from matcher.records import MatchResult, TitleScore
+from matcher.run.pipeline import embed_stills
+from matcher.score import background, calibration
+from matcher.score.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale
+from matcher.search.store import (
     IndexExists,
     Reference,
     ReferenceStore,
@@ -216,7 +216,7 @@ class Matcher:
     def _rebuild(cls, index_dir: Path, pretrained, models_dir, device, on_error) -> Matcher:
         import shutil
 
-        from matcher.sources import file_sha256
+        from matcher.decode.sources import file_sha256
 
         try:
             manifest, rows = recorded_sources(index_dir)
@@ -353,7 +353,7 @@ class Matcher:
             added += len(batch)
             batch.clear()
 
-        # Decoded in worker processes while the previous batch is embedded (matcher.pipeline);
+        # Decoded in worker processes while the previous batch is embedded (matcher.run.pipeline);
         # videos are sampled at scene changes too, near-identical consecutive stills dropped.
         first_path: dict[str, str] = {}  # sha256 -> the file of this call that brought it
         refused: set[str] = set()
@@ -518,7 +518,7 @@ class Matcher:
     ) -> Iterator[MatchResult]:
         """Stream results: one per image, one per sampled still of a video, one error result per
         unreadable input. Directories are walked recursively. Embedding is batched."""
-        batch: list = []  # matcher.pipeline.Embedded: decoded in workers, embedded in batches
+        batch: list = []  # matcher.run.pipeline.Embedded: decoded in workers, embedded in batches
 
         def scored():
             out = self._score(np.stack([e.vector for e in batch]), [e.still for e in batch], min_confidence)
@@ -546,8 +546,8 @@ class Matcher:
         """Dump mode from Python (what `matcher match DUMP --out/--csv/--html` runs): every entry of
         ``root`` gets one verdict in the JSONL ``out`` (resumable), with optional CSV and HTML
         reports. ``options``: every, all_frames, workers, min_confidence, quiet, on_record (see
-        matcher.dump.DumpRun). Returns DumpStats (counts, per-title summary)."""
-        from matcher import dump
+        matcher.run.dump.DumpRun). Returns DumpStats (counts, per-title summary)."""
+        from matcher.run import dump
 
         if not Path(root).is_dir():
             raise MatcherError(f"{root}: not a directory (dump mode matches one dump directory)")

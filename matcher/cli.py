@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 
 from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
-from matcher.results import json_line, safe_text
+from matcher.records import json_line, safe_text
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -78,7 +78,7 @@ def _progress(total: int, what: str):
 
 def _count_files(paths) -> int:
     """Files under the inputs (no decoding); missing inputs count as one (they get an error line)."""
-    from matcher.sources import InputError, walk
+    from matcher.decode.sources import InputError, walk
 
     n = 0
     for p in paths:
@@ -105,7 +105,7 @@ def _die(message: str, code: int = 2) -> None:
 
 def _check_environment() -> None:
     """Settings from the environment are checked before any command runs."""
-    from matcher.sources import MAX_PIXELS_PROBLEM
+    from matcher.decode.sources import MAX_PIXELS_PROBLEM
 
     for stream in (sys.stdout, sys.stderr):  # a name the terminal cannot encode is escaped, not fatal
         with contextlib.suppress(AttributeError, ValueError):
@@ -213,7 +213,7 @@ def index_rebuild(
 @index_app.command("info")
 def index_info(index: Path | None = IndexOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Titles, still counts, model and size on disk."""
-    from matcher.store import ReferenceStore, StoreError
+    from matcher.search.store import ReferenceStore, StoreError
 
     try:  # no model load: info must work even where the weights are not available
         store = ReferenceStore.open(default_index_dir(index))
@@ -390,13 +390,13 @@ def match_cmd(
 ) -> None:
     """Match frames against the index: best title, confidence and evidence for each input.
 
-    With --out/--csv/--html, PATH is a dump directory matched file by file (see matcher.dump)."""
+    With --out/--csv/--html, PATH is a dump directory matched file by file (see matcher.run.dump)."""
     try:
         m = Matcher.open(index, pretrained=pretrained, models_dir=models_dir, device=device)
     except MatcherError as exc:
         _die(str(exc))
     if out or csv_out or html_out:
-        from matcher import dump
+        from matcher.run import dump
 
         code = dump.cli_main(
             paths,
@@ -468,7 +468,7 @@ def serve_cmd(
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, help="Largest image, in pixels."),
 ) -> None:
     """A local web page and HTTP API over the index (see docs/SERVE.md)."""
-    from matcher.dump import DEFAULT_MAX_PIXELS  # the web stack is imported by `serve` only
+    from matcher.run.dump import DEFAULT_MAX_PIXELS  # the web stack is imported by `serve` only
     from matcher.serve.app import ServeConfig
     from matcher.serve.server import main
 

@@ -123,7 +123,7 @@ def run_matcher(spec: str, refs: list[dict], queries: list[dict]) -> tuple[list[
 
 def run_knn(spec: str, refs: list[dict], queries: list[dict]) -> tuple[list[dict], dict]:
     """Fallback when matcher.Matcher is unavailable: embed + plain kNN vote + a leave-one-out threshold."""
-    from matcher.embedders import create_embedder
+    from matcher.embed import create_embedder
 
     emb = create_embedder(spec)
     t0 = time.perf_counter()

@@ -79,7 +79,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.probes:
-        from matcher import calibration
+        from matcher.score import calibration
 
         calibration.PROBES_PER_TITLE = calibration.MAX_PROBES_PER_TITLE = args.probes
 
@@ -87,7 +87,7 @@ def main() -> None:
     items = B.load_items(out)
     refs = [it for it in items if it["role"] == "ref"]
     queries = B.make_queries([it for it in items if it["role"] != "ref"], list(TRANSFORMS))
-    from matcher.embedders import create_embedder
+    from matcher.embed import create_embedder
 
     qv = B.embed_queries(create_embedder("classic"), queries)
     meta = {k: np.array([q[k] for q in queries], dtype=object) for k in ("role", "truth", "transform")}

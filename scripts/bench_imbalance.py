@@ -32,7 +32,7 @@ import fetch_data  # noqa: E402
 from bench_transforms import TRANSFORMS  # noqa: E402
 
 from matcher import Matcher  # noqa: E402
-from matcher.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale  # noqa: E402
+from matcher.score.scoring import Calibration, TitleScorer, coverage_of, evidence_scale, rescale  # noqa: E402
 
 
 def main() -> None:

@@ -89,7 +89,7 @@ def main() -> None:
         qitems = keep
     transforms = list(TRANSFORMS)
     queries = bench_accuracy.make_queries(qitems, transforms)
-    from matcher.embedders import create_embedder
+    from matcher.embed import create_embedder
 
     vecs = bench_accuracy.embed_queries(create_embedder(args.model), queries)
     productions = sorted({r["title"] for r in refs})

@@ -148,7 +148,7 @@ class PeerEmbedder:
 
 def register_peers() -> list[str]:
     """Register every peer with matcher's embedder registry; returns the spec names."""
-    from matcher.embedders import register_embedder
+    from matcher.embed import register_embedder
 
     for name in PEERS:
         register_embedder(name, lambda variant=None, _name=name, **_kw: PeerEmbedder(_name))

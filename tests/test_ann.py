@@ -1,4 +1,4 @@
-"""matcher.ann: exact below the threshold, IVF above it with measured recall, ids, removal, files."""
+"""matcher.search.ann: exact below the threshold, IVF above it with measured recall, ids, removal, files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
-from matcher import ann  # noqa: E402
+from matcher.search import ann  # noqa: E402
 
 
 def clustered(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
@@ -134,7 +134,7 @@ def test_all_vectors_reconstruct_and_selectors():
 
 
 def test_store_switches_to_ivf_and_opens_mmapped(tmp_path, monkeypatch):
-    from matcher.store import Reference, ReferenceStore
+    from matcher.search.store import Reference, ReferenceStore
 
     monkeypatch.setattr(ann, "DEFAULT_EXACT_MAX", 1000)
     x = clustered(3000)

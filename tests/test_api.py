@@ -122,7 +122,7 @@ def test_dump_mode_is_callable_from_python(built_index, tmp_path):
     from conftest import draw_frame
 
     import matcher
-    from matcher.report import read_records
+    from matcher.write.report import read_records
 
     dump_dir = tmp_path / "dump"
     dump_dir.mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from matcher import background
+from matcher.score import background
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from matcher.embedders import create_embedder
+from matcher.embed import create_embedder
 
 
 def _scene(seed: int) -> Image.Image:

@@ -142,7 +142,7 @@ def test_rebuild_re_embeds_from_recorded_sources_and_says_which_moved(tmp_path, 
 
 
 def test_model_mismatch_advice_is_a_command_that_works(tmp_path, library, monkeypatch):
-    from matcher.embedders import classic
+    from matcher.embed import classic
 
     idx = tmp_path / "idx"
     assert (

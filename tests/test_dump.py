@@ -21,9 +21,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import _hostile  # noqa: E402
 
-from matcher import dump  # noqa: E402
 from matcher.api import Matcher  # noqa: E402
-from matcher.report import read_records  # noqa: E402
+from matcher.run import dump  # noqa: E402
+from matcher.write.report import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_killed_run_resumes_without_loss(world, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from matcher import dump
+        from matcher.run import dump
         from matcher.api import Matcher
         real = dump._match_images
         def slow(*args):
@@ -275,7 +275,7 @@ def test_copy_of_dump_with_changed_file_is_rematched(world, tmp_path):
 
 def test_plain_match_of_a_hostile_directory_never_follows_links(world):
     """`matcher match DIR` without --out (Matcher.match_many over sources.walk) is hardened too."""
-    from matcher.sources import InputError, RefusedPath, iter_stills, walk
+    from matcher.decode.sources import InputError, RefusedPath, iter_stills, walk
 
     paths = list(walk([world["dump"]]))
     refused = {

@@ -10,7 +10,7 @@ import pytest
 from conftest import draw_frame
 from PIL import Image, ImageOps
 
-from matcher.embedders import EmbedderError, create_embedder, register_embedder
+from matcher.embed import EmbedderError, create_embedder, register_embedder
 
 
 def test_classic_contract():
@@ -54,7 +54,7 @@ def test_registry_accepts_new_families():
 
 def test_classic_never_imports_torch():
     code = (
-        "import sys; from matcher.embedders import create_embedder; from PIL import Image;"
+        "import sys; from matcher.embed import create_embedder; from PIL import Image;"
         "create_embedder('classic').embed([Image.new('RGB', (64, 64))]);"
         "import matcher.api, matcher.cli; print('torch' in sys.modules)"
     )

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from matcher import Matcher, dump, sources
+from matcher import Matcher
+from matcher.decode import sources
+from matcher.run import dump
 
 GIANT = 12000  # 144 Mpx: over the 80 Mpx limit; one decoded grey frame is 144 MB
 
@@ -121,7 +123,7 @@ def test_16_bit_images_in_a_dump_match_like_their_8_bit_copy(tmp_path, index, li
     _grey_copies(d, library["Night Patrol"][3])
     out = tmp_path / "r.jsonl"
     dump.run_dump(d, index, out=out, workers=1, quiet=True)
-    from matcher.report import read_records
+    from matcher.write.report import read_records
 
     by = {r["path"]: r for r in read_records(out) if r["record"] == "file"}
     assert by["grey8.png"]["title"] == "Night Patrol"
@@ -141,7 +143,7 @@ def test_avif_is_decoded_when_pillow_can(tmp_path, index, library):
     (d / "cel.avif").write_bytes(path.read_bytes())
     out = tmp_path / "r.jsonl"
     dump.run_dump(d, index, out=out, workers=1, quiet=True)
-    from matcher.report import read_records
+    from matcher.write.report import read_records
 
     (rec,) = [r for r in read_records(out) if r["record"] == "file"]
     assert rec["status"] == "matched" and rec["title"] == "Ice Kingdom", rec

@@ -20,9 +20,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import _hostile  # noqa: E402
 
-from matcher import dump  # noqa: E402
 from matcher.api import Matcher  # noqa: E402
-from matcher.report import latest_file_records, read_records  # noqa: E402
+from matcher.run import dump  # noqa: E402
+from matcher.write.report import latest_file_records, read_records  # noqa: E402
 
 CHROMIUM = next(
     (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from matcher import Matcher
 from matcher.cli import app
-from matcher.store import ReferenceStore
+from matcher.search.store import ReferenceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,7 +194,7 @@ def _image(path):
 
 
 def _refs(n):
-    from matcher.store import Reference
+    from matcher.search.store import Reference
 
     return [Reference("Reader Test", f"reader{i}.png") for i in range(n)]
 
@@ -202,7 +202,7 @@ def _refs(n):
 def test_a_second_writer_is_refused_with_one_line_or_waits_for_the_first(index_copy, library):
     # another process in the middle of a change holds the writer lock for 3 s
     hold = (
-        "import sys, time; from matcher.store import ReferenceStore; "
+        "import sys, time; from matcher.search.store import ReferenceStore; "
         "s = ReferenceStore.open(sys.argv[1], writable=True); print('held', flush=True); time.sleep(3)"
     )
     holder = subprocess.Popen(

@@ -18,7 +18,7 @@ from conftest import draw_frame
 from typer.testing import CliRunner
 
 from matcher.cli import app
-from matcher.report import read_records
+from matcher.write.report import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""matcher.pipeline: parallel decode + batched embed gives the same vectors, in input order."""
+"""matcher.run.pipeline: parallel decode + batched embed gives the same vectors, in input order."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import numpy as np
 from conftest import draw_frame, write_frames, write_video
 
-from matcher.embedders.classic import ClassicEmbedder
-from matcher.pipeline import embed_stills
+from matcher.embed.classic import ClassicEmbedder
+from matcher.run.pipeline import embed_stills
 
 
 def test_parallel_matches_inline_in_input_order(tmp_path):

@@ -12,9 +12,10 @@ import socket
 import pytest
 from conftest import draw_frame, write_frames
 
-from matcher import Matcher, dump
-from matcher.report import read_records
-from matcher.sources import file_sha256
+from matcher import Matcher
+from matcher.decode.sources import file_sha256
+from matcher.run import dump
+from matcher.write.report import read_records
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from matcher.report import (
+from matcher.write.report import (
     CsvReport,
     JsonlReport,
     ReportError,

@@ -6,8 +6,8 @@ import numpy as np
 from conftest import draw_frame
 
 from matcher import Matcher
-from matcher.calibration import PROBES_PER_TITLE, _fit_logistic, probes_per_title
-from matcher.scoring import Calibration, TitleScorer
+from matcher.score.calibration import PROBES_PER_TITLE, _fit_logistic, probes_per_title
+from matcher.score.scoring import Calibration, TitleScorer
 
 
 def test_confidence_is_monotone_in_evidence(built_index):
@@ -125,7 +125,7 @@ def test_thin_calibration_is_said_in_the_result_and_in_index_info(tmp_path):
 
 
 def test_evidence_scale_only_for_embedders_that_report_coverage():
-    from matcher.scoring import evidence_scale, rescale
+    from matcher.score.scoring import evidence_scale, rescale
 
     v = np.ones((3, 4), np.float32)
     assert np.array_equal(evidence_scale(None, v), np.ones(3))

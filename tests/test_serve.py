@@ -18,8 +18,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 import _hostile  # noqa: E402
 
-from matcher import dump  # noqa: E402
 from matcher.api import Matcher  # noqa: E402
+from matcher.run import dump  # noqa: E402
 from matcher.serve import engine  # noqa: E402
 from matcher.serve.app import ServeConfig, create_app  # noqa: E402
 

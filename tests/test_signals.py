@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from matcher.report import JsonlReport, read_records
+from matcher.write.report import JsonlReport, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_sigterm_mid_dump_exits_and_releases_the_report_even_when_clean_up_hangs
     script = textwrap.dedent(
         f"""
         import time
-        from matcher import dump
+        from matcher.run import dump
         from matcher.api import Matcher
 
         dump.TERM_GRACE = 1.0
@@ -111,7 +111,7 @@ def test_no_worker_outlives_a_killed_run(tmp_path, built_index, many_frames, com
     script = textwrap.dedent(
         """
         import sys, time
-        from matcher import pipeline
+        from matcher.run import pipeline
         pipeline.default_workers = lambda embedder=None: 2
         real = pipeline._decode
         def slow(*a, **k):

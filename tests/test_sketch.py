@@ -12,8 +12,8 @@ import pytest
 from conftest import draw_frame
 
 from matcher import Matcher
-from matcher.calibration import _fit_logistic, probes_per_title
-from matcher.scoring import Calibration, TitleScorer, is_sketch
+from matcher.score.calibration import _fit_logistic, probes_per_title
+from matcher.score.scoring import Calibration, TitleScorer, is_sketch
 
 DEMO = Path(__file__).resolve().parent.parent / "demo"
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from matcher import Matcher, MatcherError
-from matcher.store import Reference, ReferenceStore, StoreError
+from matcher.search.store import Reference, ReferenceStore, StoreError
 
 INFO = {"spec": "classic", "pretrained": None, "fingerprint": "f", "dim": 8}
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import draw_frame, write_video
 
 from matcher import Matcher
-from matcher.sources import iter_video_stills
+from matcher.decode.sources import iter_video_stills
 
 
 @pytest.fixture(scope="module")

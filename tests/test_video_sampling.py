@@ -1,4 +1,4 @@
-"""matcher.video: scene-change + interval sampling with near-duplicate dropping."""
+"""matcher.decode.video: scene-change + interval sampling with near-duplicate dropping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from matcher.video import sample_video  # noqa: E402
+from matcher.decode.video import sample_video  # noqa: E402
 
 
 def _write(path, frames, fps=12):
@@ -63,7 +63,7 @@ def test_cut_is_caught_between_interval_samples(clip):
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
-    from matcher.sources import InputError
+    from matcher.decode.sources import InputError
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)

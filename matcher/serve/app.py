@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from matcher import dump
+from matcher.run import dump
 from matcher.serve.engine import IndexHolder, Upload, UploadMatcher
 from matcher.serve.reviews import DECISIONS, Report, ReviewError, ReviewLog, export
 

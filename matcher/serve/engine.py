@@ -1,7 +1,7 @@
 """What the server does with an upload, without any HTTP: decode it the way dump mode does, match it
 through the `Matcher` API, and keep the index current while `index add` commits beside it.
 
-- Decoding runs in the dump's crash-contained worker pool (`matcher.dump.process` in forked
+- Decoding runs in the dump's crash-contained worker pool (`matcher.run.dump.process` in forked
   processes, pixel limit checked from the header): a decoder that crashes or hangs on one upload
   fails that upload, never the server. The pool is shared by all requests; when it breaks, each
   request whose task was in flight retries its own file alone in a one-off worker, so the crash is
@@ -24,10 +24,10 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from matcher import dump
 from matcher.api import Matcher, MatcherError
-from matcher.results import MatchResult
-from matcher.store import MANIFEST
+from matcher.records import MatchResult
+from matcher.run import dump
+from matcher.search.store import MANIFEST
 
 #: Longest a single upload may take to decode before its worker is killed.
 DEFAULT_DECODE_TIMEOUT = 60.0

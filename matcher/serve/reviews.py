@@ -1,6 +1,6 @@
 """Dump reports given with `--report`, and the reviewers' decisions about their verdicts.
 
-The review log is a JSONL file written like a dump report (`matcher.report.JsonlReport`: one
+The review log is a JSONL file written like a dump report (`matcher.write.report.JsonlReport`: one
 ``os.write`` per line on an O_APPEND descriptor, fsync-ed before the request is answered, an
 exclusive lock so two servers never interleave, a torn tail repaired on open). It is append-only:
 a later decision about the same verdict is a new line, and the export shows the latest one.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from matcher import report as rpt
+from matcher.write import report as rpt
 
 REVIEW = "review"
 DECISIONS = ("confirm", "reject", "relabel")

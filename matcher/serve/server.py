@@ -7,8 +7,8 @@ import sys
 import tempfile
 
 from matcher.api import MatcherError
-from matcher.report import ReportError
 from matcher.serve.app import ServeConfig, State, create_app, is_loopback
+from matcher.write.report import ReportError
 
 
 def main(config: ServeConfig) -> int:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from matcher.results import Evidence, TitleScore
+from matcher.records import Evidence, TitleScore
 
 _SHRINK = 8.0  # pseudo-count pulling a title's stats towards the global ones when it has few probes
 # Queries with coverage in [low, high) are scored as sketches (classic line-art: 0.37-0.40). Below

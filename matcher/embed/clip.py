@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher.embedders import EmbedderError
+from matcher.embed import EmbedderError
 
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"

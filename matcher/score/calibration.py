@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from matcher.scoring import (
+from matcher.score.scoring import (
     GREY_COVERAGE,
     SKETCH_COVERAGE,
     Calibration,

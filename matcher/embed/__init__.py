@@ -48,7 +48,7 @@ def register_embedder(family: str, factory: Factory) -> None:
 
 
 def _classic(variant: str | None, **_options) -> Embedder:
-    from matcher.embedders.classic import ClassicEmbedder
+    from matcher.embed.classic import ClassicEmbedder
 
     if variant:
         raise EmbedderError(f"unknown classic variant {variant!r}: use 'classic'")
@@ -56,7 +56,7 @@ def _classic(variant: str | None, **_options) -> Embedder:
 
 
 def _clip(variant: str | None, pretrained: str | None = None, models_dir=None, device=None, **_o) -> Embedder:
-    from matcher.embedders.clip import DEFAULT_ARCH, DEFAULT_PRETRAINED, ClipEmbedder
+    from matcher.embed.clip import DEFAULT_ARCH, DEFAULT_PRETRAINED, ClipEmbedder
 
     arch = variant or DEFAULT_ARCH
     if pretrained is None and arch == DEFAULT_ARCH:

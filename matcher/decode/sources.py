@@ -295,7 +295,7 @@ def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
 
 def iter_video_stills(path: str | os.PathLike, every: float = 1.0) -> Iterator[tuple[float, Image.Image]]:
     """Decode one still every ``every`` seconds: yields (timestamp_seconds, RGB image)."""
-    from matcher.video import sample_video  # imported here: `match cel.png` must not pay for ffmpeg
+    from matcher.decode.video import sample_video  # imported here: `match cel.png` must not pay for ffmpeg
 
     for vs in sample_video(path, every, scenes=False, dedupe=False):
         yield vs.start, vs.image
@@ -307,7 +307,7 @@ def iter_stills(
     """All stills of one file: the image itself, or one still every ``every`` seconds of a video.
 
     ``distinct`` (reference ingestion): also a still at every scene cut, and near-identical
-    consecutive stills dropped, each kept one covering [timestamp, timestamp_end] (matcher.video)."""
+    consecutive stills dropped, each kept one covering [timestamp, timestamp_end] (matcher.decode.video)."""
     refused = getattr(path, "refused_reason", None)
     if refused:
         raise InputError(path, refused)
@@ -326,7 +326,7 @@ def iter_stills(
     if kind == "image":
         yield Still(open_image(p), str(path), digest)
     elif kind == "video" and distinct:
-        from matcher.video import sample_video
+        from matcher.decode.video import sample_video
 
         for vs in sample_video(p, every):
             yield Still(vs.image, str(path), digest, vs.start, vs.end)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ARCHIVE = Path(__file__).resolve().parent / "data" / "background.zip"
+ARCHIVE = Path(__file__).resolve().parent.parent / "data" / "background.zip"
 # Variants that give the grey and line-art bands unknown probes of their own: every GREY_EVERY-th image
 # is also embedded grey, every SKETCH_EVERY-th as a sketch (embedders that report coverage only).
 GREY_EVERY = 3
@@ -57,7 +57,7 @@ def size() -> int:
 def _variants(images, with_sketch: bool) -> tuple[list[Image.Image], list[str]]:
     from PIL import ImageOps
 
-    from matcher.calibration import make_sketch
+    from matcher.score.calibration import make_sketch
 
     rng = np.random.default_rng(0)  # fixed: the same set gives the same probes
     out, kinds = list(images), ["plain"] * len(images)

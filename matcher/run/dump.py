@@ -17,7 +17,7 @@ Safety model (the dump comes from an adversary's server):
   already reduced to ``still_side`` pixels, and long videos / animations are decoded in segments of
   ``segment`` stills.
 
-The report (see `matcher.report`) is the state: re-running with the same ``--out`` hashes each file
+The report (see `matcher.write.report`) is the state: re-running with the same ``--out`` hashes each file
 and skips those already reported with the same (path, sha256).
 """
 
@@ -42,8 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matcher import report as rpt
-from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
+from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
     DEEP_MODES,
     IMAGE_FORMATS,
     MAX_PIXELS,
@@ -53,7 +52,8 @@ from matcher.sources import (  # noqa: F401 - re-exported: the dump's view of it
     sniff_bytes,
     to_8bit,
 )
-from matcher.sources import walk_dump as walk
+from matcher.decode.sources import walk_dump as walk
+from matcher.write import report as rpt
 
 #: Largest image (width * height) decoded; checked from the header before decoding. 80 Mpx covers
 #: 8K frames and large scans; a 240 MB RGB buffer is the most one image can cost a worker.
@@ -404,7 +404,7 @@ def _worker_init(transform=None, parent_pid: int | None = None) -> None:
     global _TRANSFORM
     _TRANSFORM = transform
     if parent_pid is not None:  # die with the parent, even when it is SIGKILLed
-        from matcher.pipeline import die_with_parent
+        from matcher.run.pipeline import die_with_parent
 
         die_with_parent(parent_pid)
     for fd in list(rpt.OPEN_FDS):  # inherited by fork: the report belongs to the parent only
@@ -566,12 +566,12 @@ class DumpStats:
 
 def _prep_fns(matcher):
     """(decode-side transform run in workers, embed function for its outputs) of the matcher's
-    embedder, as matcher.pipeline defines them; (None, None) when there is none."""
+    embedder, as matcher.run.pipeline defines them; (None, None) when there is none."""
     emb = getattr(matcher, "embedder", None)
     if emb is None or not hasattr(matcher, "match_vectors"):
         return None, None
     try:
-        from matcher.pipeline import _prep_fns as prep
+        from matcher.run.pipeline import _prep_fns as prep
     except ImportError:
         return None, None
     return prep(emb)
@@ -1291,7 +1291,7 @@ def cli_main(
         return 2
     on_record = None
     if as_json:
-        from matcher.results import json_line
+        from matcher.records import json_line
 
         def on_record(rec: dict) -> None:
             sys.stdout.write(json_line(rec) + "\n")

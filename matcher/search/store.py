@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher import ann
 from matcher.errors import MatcherError
+from matcher.search import ann
 
 #: 2: per-generation metadata files and a sha256 of every file in the manifest.
 FORMAT_VERSION = 2
@@ -970,7 +970,7 @@ class ReferenceStore:
 
 
 def _calibration_warning(cal: dict) -> str | None:
-    from matcher.scoring import Calibration
+    from matcher.score.scoring import Calibration
 
     if not cal:
         return "not calibrated: the index holds no title yet"

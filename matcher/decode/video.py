@@ -62,11 +62,11 @@ def sample_video(
 ) -> Iterator[VideoStill]:
     """Distinct stills of a video in time order; see the module docstring.
 
-    Raises `matcher.sources.InputError` for unreadable videos (the caller reports it per file).
+    Raises `matcher.decode.sources.InputError` for unreadable videos (the caller reports it per file).
     """
     import av
 
-    from matcher.sources import MAX_PIXELS, InputError
+    from matcher.decode.sources import MAX_PIXELS, InputError
 
     if every <= 0:
         raise ValueError("every must be > 0")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matcher.sources import InputError, Still, iter_stills, to_rgb, walk
+from matcher.decode.sources import InputError, Still, iter_stills, to_rgb, walk
 
 DEFAULT_BATCH = 32
 DEFAULT_DECODE_TIMEOUT = 300.0

@@ -1,0 +1,1 @@
+"""Run: the worker pool and the stage loops (pipeline), the dump run (resume + custody)."""

@@ -1,0 +1,1 @@
+"""Write: report files (JSONL, CSV, HTML) and their reader."""
