@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from matcher import config
 from matcher.decode.sources import InputError, Still
 from matcher.embed import Embedder, EmbedderError, create_embedder
 from matcher.records import MatchResult, TitleScore
@@ -251,7 +252,7 @@ class Matcher:
         )
         groups: dict[tuple, list[str]] = {}
         for title, episode, source, _sha in rows:
-            groups.setdefault((title, episode, video_every.get(source, 1.0)), []).append(source)
+            groups.setdefault((title, episode, video_every.get(source, config.EVERY)), []).append(source)
         for (title, episode, every), sources in groups.items():
             m.add(sources, title=title, episode=episode, every=every, on_error=on_error)
         if share != 0.5:
@@ -295,7 +296,7 @@ class Matcher:
         items: Iterable[str | os.PathLike | Image.Image],
         title: str,
         episode: str | None = None,
-        every: float = 1.0,
+        every: float = config.EVERY,
         names: Sequence[str] | None = None,
         on_error=None,
         seed: int = 0,
@@ -514,7 +515,7 @@ class Matcher:
         self,
         items: Iterable[str | os.PathLike | Image.Image],
         min_confidence: float | None = None,
-        every: float = 1.0,
+        every: float = config.EVERY,
     ) -> Iterator[MatchResult]:
         """Stream results: one per image, one per sampled still of a video, one error result per
         unreadable input. Directories are walked recursively. Embedding is batched."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import typer
 
+from matcher import config
 from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
 from matcher.records import json_line, safe_text
 
@@ -127,7 +128,9 @@ def index_add(
     pretrained: str | None = PretrainedOpt,
     models_dir: Path | None = ModelsOpt,
     episode: str | None = typer.Option(None, "--episode", help="Episode label recorded with each still."),
-    every: float = typer.Option(1.0, "--every", min=0.01, help="Seconds between stills sampled from videos."),
+    every: float = typer.Option(
+        config.EVERY, "--every", min=0.01, help="Seconds between stills sampled from videos."
+    ),
     device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
 ) -> None:
     """Add reference stills of one title (creates the index if absent; appends otherwise)."""
@@ -365,7 +368,9 @@ def match_cmd(
     min_confidence: float | None = typer.Option(
         None, "--min-confidence", min=0.0, max=1.0, help="Override the index's unknown threshold."
     ),
-    every: float = typer.Option(1.0, "--every", min=0.01, help="Seconds between stills sampled from videos."),
+    every: float = typer.Option(
+        config.EVERY, "--every", min=0.01, help="Seconds between stills sampled from videos."
+    ),
     pretrained: str | None = PretrainedOpt,
     models_dir: Path | None = ModelsOpt,
     device: str | None = typer.Option(None, "--device"),
@@ -463,16 +468,18 @@ def serve_cmd(
     token: str | None = typer.Option(
         None, "--token", envvar="MATCHER_SERVE_TOKEN", help="Bearer token required by every request."
     ),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decode processes."),
-    max_upload_mb: int = typer.Option(64, "--max-upload-mb", min=1, help="Largest file accepted."),
+    workers: int = typer.Option(config.SERVE_WORKERS, "--workers", min=1, help="Decode processes."),
+    max_upload_mb: int = typer.Option(
+        config.SERVE_MAX_UPLOAD_MB, "--max-upload-mb", min=1, help="Largest file accepted."
+    ),
     max_pixels: int | None = typer.Option(None, "--max-pixels", min=1, help="Largest image, in pixels."),
 ) -> None:
     """A local web page and HTTP API over the index (see docs/SERVE.md)."""
-    from matcher.run.dump import DEFAULT_MAX_PIXELS  # the web stack is imported by `serve` only
+    from matcher.decode.sources import MAX_PIXELS  # the web stack is imported by `serve` only
     from matcher.serve.app import ServeConfig
     from matcher.serve.server import main
 
-    config = ServeConfig(
+    serve_config = ServeConfig(
         index=str(default_index_dir(index)),
         host=host,
         port=port,
@@ -481,9 +488,9 @@ def serve_cmd(
         token=token or None,
         workers=workers,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
-        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        max_pixels=max_pixels or MAX_PIXELS,
     )
-    raise typer.Exit(main(config))
+    raise typer.Exit(main(serve_config))
 
 
 def match_entry() -> None:

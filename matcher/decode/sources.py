@@ -16,9 +16,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from matcher import config
 from matcher.errors import MatcherError
 
-DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k still
+DEFAULT_MAX_PIXELS = config.MAX_PIXELS_DEFAULT
 
 
 def _max_pixels_from_env() -> tuple[int, str | None]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from matcher import config
 from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
     DEEP_MODES,
     IMAGE_FORMATS,
@@ -58,16 +59,13 @@ from matcher.write import report as rpt
 #: Largest image (width * height) decoded; checked from the header before decoding. 80 Mpx covers
 #: 8K frames and large scans; a 240 MB RGB buffer is the most one image can cost a worker.
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # one limit for every path (sources.py; $MATCHER_MAX_PIXELS)
-DEFAULT_EVERY = 2.0
-DEFAULT_DECODE_TIMEOUT = 120.0
-#: Stills handed from a worker are reduced to this longest side (the embedders work at <= 336 px).
-STILL_SIDE = 512
-#: Stills / frames decoded per worker task; long videos are decoded in several segments.
-SEGMENT = 32
-#: Frames of one animation or pages of one TIFF matched at most (the rest are noted in the reason).
-MAX_FRAMES = 2000
-#: Seconds an interrupted run has to close its workers and files before it exits regardless.
-TERM_GRACE = 10.0
+# the defaults live in matcher.config; these names stay for callers of the dump module
+DEFAULT_EVERY = config.EVERY
+DEFAULT_DECODE_TIMEOUT = config.DECODE_TIMEOUT_DUMP
+STILL_SIDE = config.STILL_SIDE
+SEGMENT = config.SEGMENT
+MAX_FRAMES = config.MAX_FRAMES
+TERM_GRACE = config.TERM_GRACE
 
 
 # ==================================================================================================
@@ -747,7 +745,7 @@ class DumpRun:
             max_pixels=max_pixels, every=every, all_frames=all_frames, segment=max(1, segment)
         )
         self.quiet = quiet
-        self.workers = workers or max(1, min(8, (os.cpu_count() or 2)))
+        self.workers = workers or config.default_workers()
         self.batch_size = max(1, batch_size)
         self.decode_timeout = decode_timeout
         self.custody_extra = custody or {}

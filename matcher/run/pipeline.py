@@ -30,12 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from matcher import config
 from matcher.decode.sources import InputError, Still, iter_stills, to_rgb, walk
 
-DEFAULT_BATCH = 32
-DEFAULT_DECODE_TIMEOUT = 300.0
+DEFAULT_BATCH = config.BATCH
+DEFAULT_DECODE_TIMEOUT = config.DECODE_TIMEOUT_ADD
 #: Longest side of the copy of each still handed back with `keep_images` (calibration probes).
-KEEP_SIDE = 512
+KEEP_SIDE = config.STILL_SIDE
 
 
 @dataclass
@@ -48,13 +49,11 @@ class Embedded:
 
 
 def default_workers(embedder=None) -> int:
-    """Decode processes: one per core, except for a torch model on CPU, which needs the cores
-    itself (a ViT-B-32 forward costs ~3x a 1080p PNG decode): a quarter of them, at least one.
-    Measured on 2 busy cores, clip on CPU: 1 worker 6.0 img/s, 2 workers 3.4-3.5 img/s."""
-    cores = os.cpu_count() or 1
-    if embedder is not None and getattr(embedder, "device", None) == "cpu" and hasattr(embedder, "_torch"):
-        return max(1, cores // 4)
-    return max(1, min(cores, 16))
+    """Decode processes for this embedder (config.default_workers)."""
+    torch_on_cpu = (
+        embedder is not None and getattr(embedder, "device", None) == "cpu" and hasattr(embedder, "_torch")
+    )
+    return config.default_workers(torch_on_cpu)
 
 
 # ------------------------------------------------------------------------------------------ workers

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from matcher import config
 from matcher.run import dump
 from matcher.serve.engine import IndexHolder, Upload, UploadMatcher
 from matcher.serve.reviews import DECISIONS, Report, ReviewError, ReviewLog, export
@@ -47,8 +48,8 @@ CSP = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 COOKIE = "matcher_token"
-DEFAULT_MAX_UPLOAD_MB = 64
-DEFAULT_MAX_FILES = 16
+DEFAULT_MAX_UPLOAD_MB = config.SERVE_MAX_UPLOAD_MB
+DEFAULT_MAX_FILES = config.SERVE_MAX_FILES
 MAX_LABEL = 255
 
 
@@ -68,11 +69,11 @@ class ServeConfig(BaseModel):
     reports: list[str] = []
     review_log: str = "matcher-reviews.jsonl"
     token: str | None = None
-    workers: int = 2
+    workers: int = config.SERVE_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     max_files: int = DEFAULT_MAX_FILES
     max_pixels: int = dump.DEFAULT_MAX_PIXELS
-    every: float = 1.0
+    every: float = config.EVERY
     max_stills: int = 64
     decode_timeout: float = 60.0
     allowed_hosts: list[str] = []

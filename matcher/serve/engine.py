@@ -24,15 +24,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from matcher import config
 from matcher.api import Matcher, MatcherError
 from matcher.records import MatchResult
 from matcher.run import dump
 from matcher.search.store import MANIFEST
 
 #: Longest a single upload may take to decode before its worker is killed.
-DEFAULT_DECODE_TIMEOUT = 60.0
+DEFAULT_DECODE_TIMEOUT = config.DECODE_TIMEOUT_SERVE
 #: Stills matched at most from one uploaded video (or frames of a multi-page image).
-DEFAULT_MAX_STILLS = 64
+DEFAULT_MAX_STILLS = config.SERVE_MAX_STILLS
 #: Seconds between two looks at the index's manifest for a new generation.
 RELOAD_CHECK_S = 1.0
 
@@ -182,9 +183,9 @@ class UploadMatcher:
     def __init__(
         self,
         holder: IndexHolder,
-        workers: int = 2,
+        workers: int = config.SERVE_WORKERS,
         max_pixels: int = dump.DEFAULT_MAX_PIXELS,
-        every: float = 1.0,
+        every: float = config.EVERY,
         max_stills: int = DEFAULT_MAX_STILLS,
         decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
     ):
