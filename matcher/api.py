@@ -301,6 +301,8 @@ class Matcher:
         on_error=None,
         seed: int = 0,
         on_still=None,
+        engine: str = "local",
+        address: str | None = None,
     ) -> int:
         """Add reference stills of one title: image files, directories (recursive), videos (a still
         every ``every`` seconds) or PIL images (``names`` labels them as evidence). Appends to the
@@ -310,14 +312,15 @@ class Matcher:
         first one raises. ``on_still(still)`` is called for every still decoded (progress bars).
         Files already in the index (same sha256) are skipped and reported the same
         way (``DuplicateInput``): under this title they would be counted twice, under another one the
-        same picture would belong to two productions and tie with itself."""
+        same picture would belong to two productions and tie with itself. ``engine="ray"`` decodes
+        and embeds on Ray (``address``: the cluster; default a local one) with the same result."""
         if not title or not title.strip():
             raise MatcherError("a title is required")
         title = db_text(title)  # as the metadata stores it (bytes that are not UTF-8 as \\xNN)
         with self._writing():
-            return self._add(items, title, episode, every, names, on_error, seed, on_still)
+            return self._add(items, title, episode, every, names, on_error, seed, on_still, engine, address)
 
-    def _add(self, items, title, episode, every, names, on_error, seed, on_still) -> int:
+    def _add(self, items, title, episode, every, names, on_error, seed, on_still, engine, address) -> int:
         self._probes()  # a damaged probe file stops the add before any still is decoded
         rng = np.random.default_rng(seed + self.store.count)
         n_probes = calibration.probes_per_title(len(set(self.store.titles()) | {title}))
@@ -386,7 +389,14 @@ class Matcher:
             )
 
         for e in embed_stills(
-            items, self.embedder, every=every, distinct=True, names=names, keep_images=True
+            items,
+            self.embedder,
+            every=every,
+            distinct=True,
+            names=names,
+            keep_images=True,
+            engine=engine,
+            address=address,
         ):
             if on_still is not None and e.still is not None:
                 on_still(e.still)
@@ -516,9 +526,12 @@ class Matcher:
         items: Iterable[str | os.PathLike | Image.Image],
         min_confidence: float | None = None,
         every: float = config.EVERY,
+        engine: str = "local",
+        address: str | None = None,
     ) -> Iterator[MatchResult]:
         """Stream results: one per image, one per sampled still of a video, one error result per
-        unreadable input. Directories are walked recursively. Embedding is batched."""
+        unreadable input. Directories are walked recursively. Embedding is batched. ``engine="ray"``
+        decodes and embeds on Ray (``address``: the cluster) with the same results."""
         batch: list = []  # matcher.run.pipeline.Embedded: decoded in workers, embedded in batches
 
         def scored():
@@ -526,7 +539,10 @@ class Matcher:
             batch.clear()
             return out
 
-        for e in embed_stills(items, self.embedder, every=every, batch_size=BATCH):
+        embedded = embed_stills(
+            items, self.embedder, every=every, batch_size=BATCH, engine=engine, address=address
+        )
+        for e in embedded:
             if e.error is not None:
                 yield from scored() if batch else ()
                 yield MatchResult.failed(e.error.path, e.error.reason)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import enum
 import json
 import sys
 from contextlib import contextmanager
@@ -99,6 +100,28 @@ ModelsOpt = typer.Option(
 )
 
 
+class Engine(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+EngineOpt = typer.Option(
+    Engine.local,
+    "--engine",
+    help="local: this machine's worker pool; ray: Ray Data (pip install 'matcher[ray]'), same results.",
+)
+AddressOpt = typer.Option(None, "--address", help="--engine ray: the cluster (default: a local Ray).")
+
+
+def _or_die(results):
+    """The results, or one line and exit 2 on a MatcherError raised while producing them (an
+    unreachable Ray cluster), after the lines already written."""
+    try:
+        yield from results
+    except MatcherError as exc:
+        _die(str(exc))
+
+
 def _die(message: str, code: int = 2) -> None:
     typer.echo(f"matcher: error: {safe_text(message)}", err=True)
     raise typer.Exit(code)
@@ -132,6 +155,8 @@ def index_add(
         config.EVERY, "--every", min=0.01, help="Seconds between stills sampled from videos."
     ),
     device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
+    engine: Engine = EngineOpt,
+    address: str | None = AddressOpt,
 ) -> None:
     """Add reference stills of one title (creates the index if absent; appends otherwise)."""
     problems, duplicates = [], []
@@ -162,7 +187,16 @@ def index_add(
                     seen.add(still.path)
                     advance()
 
-            n = m.add(paths, title=title, episode=episode, every=every, on_error=report, on_still=on_still)
+            n = m.add(
+                paths,
+                title=title,
+                episode=episode,
+                every=every,
+                on_error=report,
+                on_still=on_still,
+                engine=engine.value,
+                address=address,
+            )
     except MatcherError as exc:
         _die(str(exc))
     info = m.info()
@@ -392,6 +426,8 @@ def match_cmd(
         help="Dump mode: start a new section of an existing report (another index or options) instead "
         "of resuming it; every file is matched again.",
     ),
+    engine: Engine = EngineOpt,
+    address: str | None = AddressOpt,
 ) -> None:
     """Match frames against the index: best title, confidence and evidence for each input.
 
@@ -402,6 +438,9 @@ def match_cmd(
         _die(str(exc))
     if out or csv_out or html_out:
         from matcher.run import dump
+
+        if engine is not Engine.local:
+            _die("--engine ray: dump mode (--out/--csv/--html) runs on the local executor only, for now")
 
         code = dump.cli_main(
             paths,
@@ -431,7 +470,10 @@ def match_cmd(
     results = failed = 0
     with _progress(total, "matching") as advance:
         last_path = None
-        for result in m.match_many(paths, min_confidence=min_confidence, every=every):
+        matched = m.match_many(
+            paths, min_confidence=min_confidence, every=every, engine=engine.value, address=address
+        )
+        for result in _or_die(matched):
             results += 1
             failed += result.error is not None
             if writer is None:

@@ -229,6 +229,7 @@ class ClipEmbedder:
         self.model = model
         self.preprocess = preprocess
         self.arch = arch
+        self.models_dir = str(where)  # the ray engine rebuilds this embedder in its actors
         self.spec = f"clip:{arch}"
         self.pretrained = pretrained if not Path(pretrained).expanduser().is_file() else str(checkpoint)
         self.fingerprint = weights_fingerprint(checkpoint)[:16]

@@ -189,15 +189,26 @@ def embed_stills(
     keep_images: bool = False,
     names: Sequence[str] | None = None,
     decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Iterator[Embedded]:
     """Embed every still of `items` (image/video files, directories walked recursively, PIL images).
 
     Yields one `Embedded` per still, and one with `error` set per unusable input, in input order.
     `distinct` samples videos at scene changes too and drops near-duplicates (reference ingestion);
     `keep_images` keeps a copy of each still (longest side <= 512) in `still.image`, else it is None.
-    `workers=0` decodes inline.
+    `workers=0` decodes inline. `engine="ray"` runs decode and embed of the files on Ray
+    (run.ray_engine; `address` names the cluster) and yields the same results in the same order.
     """
     transform, embed = _prep_fns(embedder)
+    if engine == "ray":
+        yield from _embed_on_ray(
+            list(_tasks(items, names)), embedder, transform, embed, every, distinct, keep_images,
+            batch_size, address, workers,
+        )  # fmt: skip
+        return
+    if engine != "local":
+        raise ValueError(f"unknown engine {engine!r}: local or ray")
     workers = default_workers(embedder) if workers is None else max(0, int(workers))
     tasks = _tasks(items, names)
     # Peek: a single file is decoded inline (no pool start-up for `match cel.png`).
@@ -293,3 +304,43 @@ def embed_stills(
     finally:
         if pool is not None:
             pool.close()
+
+
+def _embed_on_ray(tasks, embedder, transform, embed, every, distinct, keep, batch_size, address, workers):
+    """The ray engine: files go to the cluster; in-memory images, walk errors and refused paths
+    (cheap, and their reason lives in this process) are handled here, in input order."""
+    from matcher.decode.sources import RefusedPath
+    from matcher.run import ray_engine
+
+    files = {
+        n: str(t[1]) for n, t in enumerate(tasks) if t[0] == "file" and not isinstance(t[1], RefusedPath)
+    }
+    done = ray_engine.embed_files(
+        files, embedder, transform, every=every, distinct=distinct, keep=keep, batch_size=batch_size,
+        address=address, workers=workers,
+    )  # fmt: skip
+    for n, task in enumerate(tasks):
+        if n in files:
+            results = done.get(n, [])
+        elif task[0] == "image":
+            _, image, label = task
+            try:
+                rgb = to_rgb(image, label)
+            except InputError as exc:
+                yield Embedded(None, None, exc)
+                continue
+            prepared = transform(rgb) if transform is not None else rgb
+            kept = _reduce(rgb, KEEP_SIDE) if keep else None
+            vec = np.asarray(embed([prepared]), dtype=np.float32)[0]
+            results = [((label, None, None, None, prepared, kept), vec, None)]
+        elif task[0] == "error":
+            results = [(None, None, (task[1].path, task[1].reason))]
+        else:  # a refused path: decoding it inline turns it into its InputError
+            stills, error = _decode(task[1], every, distinct, keep, transform)
+            results = [(None, None, error)] if error is not None else []
+        for still, vec, error in results:
+            if error is not None:
+                yield Embedded(None, None, InputError(*error))
+            else:
+                path, sha, ts, ts_end, _prepared, kept = still
+                yield Embedded(Still(kept, path, sha, ts, ts_end), vec)

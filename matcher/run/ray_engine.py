@@ -1,0 +1,98 @@
+"""The Ray executor (issue 16): the same stages as the local pool (run.stages), run by Ray Data on
+a cluster: read -> map_batches(DecodeStage) as tasks -> map_batches(EmbedStage) on an actor pool
+(one GPU per actor when the cluster has GPUs) -> rows back to the caller, who stores or scores
+them exactly as the local executor's. `pip install 'matcher[ray]'`; without an address a local
+Ray is started on this machine's cores.
+
+A worker that dies mid-run is replaced and its batch run again (Ray's task retries and actor
+restarts): every file still gives exactly one result."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import defaultdict
+
+import numpy as np
+
+from matcher.errors import MatcherError
+from matcher.run.stages import DecodeStage, EmbedStage
+
+
+class RayUnavailable(MatcherError):
+    """--engine ray without Ray installed, or a cluster that cannot be reached."""
+
+
+def connect(address: str | None = None, workers: int | None = None):
+    """The `ray` module, initialised: the cluster at `address`, else a local one with `workers`
+    CPUs (default: all cores). An already initialised Ray (a test session, a notebook) is reused."""
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable("--engine ray needs Ray: pip install 'matcher[ray]'") from None
+    if not ray.is_initialized():
+        opts = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        try:
+            if address:
+                ray.init(address=address, **opts)
+            else:
+                ray.init(num_cpus=workers or os.cpu_count() or 1, **opts)
+        except Exception as exc:  # unreachable address, version mismatch: one line, not a traceback
+            raise RayUnavailable(
+                f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}"
+            ) from None
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would mix with results
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI draws its own
+    return ray
+
+
+def embedder_options(embedder) -> dict:
+    """What create_embedder needs to build the same embedder inside an actor."""
+    opts = {}
+    if getattr(embedder, "pretrained", None):
+        opts["pretrained"] = embedder.pretrained
+    if getattr(embedder, "models_dir", None):
+        opts["models_dir"] = embedder.models_dir
+    return opts
+
+
+def embed_files(
+    files: dict[int, str],
+    embedder,
+    transform,
+    *,
+    every: float,
+    distinct: bool,
+    keep: bool,
+    batch_size: int,
+    address: str | None = None,
+    workers: int | None = None,
+) -> dict[int, list[tuple]]:
+    """{input number: [(still tuple | None, vector | None, (error path, reason) | None), ...]} in
+    the order the local executor yields them (a file's stills, then its error if any)."""
+    ray = connect(address, workers)
+    if not files:
+        return {}
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    items = [{"i": i, "path": p} for i, p in files.items()]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * (workers or 2))))
+    decode_pool = ray.data.TaskPoolStrategy(size=workers) if workers else None
+    ds = ds.map_batches(DecodeStage(every, distinct, keep, transform), batch_size=1, compute=decode_pool)
+    ds = ds.map_batches(
+        EmbedStage,
+        fn_constructor_kwargs={"spec": embedder.spec, "options": embedder_options(embedder)},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
+        num_gpus=1 if gpus else 0,
+    )
+    out: dict[int, list[tuple]] = defaultdict(list)
+    for row in sorted(ds.take_all(), key=lambda r: (int(r["i"]), int(r["j"]))):
+        if row["error"]:
+            out[int(row["i"])].append((None, None, (row["error_path"], row["error"])))
+        else:
+            vec = np.frombuffer(row["vector"], dtype=np.float32).copy()
+            out[int(row["i"])].append((pickle.loads(row["still"]), vec, None))
+    return out
