@@ -195,7 +195,7 @@ def test_a_crashing_or_hanging_decoder_fails_one_request_not_the_server(world, t
 
 
 def test_decode_workers_outlive_the_request_thread_that_started_them(world, tmp_path):
-    """Workers die with the thread that forked them (PR_SET_PDEATHSIG, dump._worker_init), and the
+    """Workers die with the thread that forked them (PR_SET_PDEATHSIG, run.pool.init_worker), and the
     server's request threads come and go: the pool must be forked from a thread that stays."""
     import threading
 

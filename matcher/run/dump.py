@@ -35,7 +35,7 @@ import time
 import warnings
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -54,6 +54,7 @@ from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's vie
     to_8bit,
 )
 from matcher.decode.sources import walk_dump as walk
+from matcher.run.pool import WorkerPool, worker_transform
 from matcher.write import report as rpt
 
 #: Largest image (width * height) decoded; checked from the header before decoding. 80 Mpx covers
@@ -375,9 +376,10 @@ def process(task: Task, lim: Limits) -> dict:
     if task.thumb is not None:
         out["thumb"] = _data_uri(out["parts"][0][1]) if out["parts"] and out["parts"][0][1] else None
         out["parts"] = []
-    elif _TRANSFORM is not None and out["parts"]:
+    elif worker_transform() is not None and out["parts"]:
+        transform = worker_transform()
         try:
-            out["parts"] = [(m, _TRANSFORM(im) if im is not None else None, e) for m, im, e in out["parts"]]
+            out["parts"] = [(m, transform(im) if im is not None else None, e) for m, im, e in out["parts"]]
         except Exception as e:  # noqa: BLE001
             out.update(
                 status="error", reason=f"cannot prepare image for the embedder: {one_line(e)}", parts=[]
@@ -395,85 +397,22 @@ def _data_uri(im, side: int = 160) -> str:
 
 #: The embedder's decode-side preparation (classic: trim + shrink; clip: resize/crop), run in the
 #: workers so the main process only runs the model. Set by the pool initializer (fork: not pickled).
-_TRANSFORM = None
-
-
-def _worker_init(transform=None, parent_pid: int | None = None) -> None:
-    global _TRANSFORM
-    _TRANSFORM = transform
-    if parent_pid is not None:  # die with the parent, even when it is SIGKILLed
-        from matcher.run.pipeline import die_with_parent
-
-        die_with_parent(parent_pid)
-    for fd in list(rpt.OPEN_FDS):  # inherited by fork: the report belongs to the parent only
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    # Workers must not compete with the embedder for cores through hidden thread pools.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with contextlib.suppress(Exception):
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-
-
 # ==================================================================================================
 # The decode pool: ordered, bounded, with timeouts and crash isolation
 # ==================================================================================================
-class DecodePool:
-    """Process pool that survives hung and crashing decoders."""
+class DecodePool(WorkerPool):
+    """The worker pool running dump tasks: per-task timeout (plus hashing time), crash and hang
+    attribution, counts of both."""
 
     def __init__(self, workers: int, limits: Limits, timeout: float, transform=None):
-        import multiprocessing as mp
-
-        self.transform = transform
-        self.workers = max(1, workers)
+        super().__init__(workers, transform)
         self.limits = limits
         self.timeout = timeout
-        # fork: workers start in milliseconds and share the parent's pages copy-on-write; they only
-        # touch Pillow/PyAV (like torch's DataLoader workers), never the embedder or faiss.
-        methods = mp.get_all_start_methods()
-        self.ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-        self.pool: ProcessPoolExecutor | None = None
         self.crashes = 0
         self.timeouts = 0
 
-    def _ensure(self) -> ProcessPoolExecutor:
-        if self.pool is None:
-            for stream in (sys.stdout, sys.stderr):  # a forked child must not re-flush our buffers
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            self.pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=self.ctx,
-                initializer=_worker_init,
-                initargs=(self.transform, os.getpid()),
-            )
-        return self.pool
-
     def submit(self, task: Task) -> Future:
-        return self._ensure().submit(process, task, self.limits)
-
-    def _kill(self) -> None:
-        pool, self.pool = self.pool, None
-        if pool is None:
-            return
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.kill()
-        with contextlib.suppress(Exception):
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def close(self, graceful: bool = True) -> None:
-        """Let idle workers exit (graceful) or kill them (on error / interrupt: one may be hung)."""
-        if self.pool is None:
-            return
-        if graceful:
-            pool, self.pool = self.pool, None
-            with contextlib.suppress(Exception):
-                pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            self._kill()
+        return self.run(process, task, self.limits)
 
     def run_one(self, task: Task) -> dict:
         """Run one task alone (after a crash), attributing a crash or hang to it."""

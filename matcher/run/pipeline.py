@@ -19,11 +19,8 @@ fails only its own file: the pool is rebuilt and the other files in flight are r
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -32,6 +29,7 @@ import numpy as np
 
 from matcher import config
 from matcher.decode.sources import InputError, Still, iter_stills, to_rgb, walk
+from matcher.run.pool import WorkerPool, worker_transform
 
 DEFAULT_BATCH = config.BATCH
 DEFAULT_DECODE_TIMEOUT = config.DECODE_TIMEOUT_ADD
@@ -57,35 +55,6 @@ def default_workers(embedder=None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ workers
-_TRANSFORM = None
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies (PR_SET_PDEATHSIG), so that a `match`
-    or `index add` killed by SIGTERM/SIGKILL leaves no decode process behind; exit at once if the
-    parent is already gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    import contextlib
-    import ctypes
-    import signal
-
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
-def _init_worker(transform, parent_pid: int | None = None) -> None:
-    global _TRANSFORM
-    _TRANSFORM = transform
-    if parent_pid is not None:
-        die_with_parent(parent_pid)
-    # Each worker is one decode stream: keep numpy/BLAS single-threaded so workers do not fight.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
 def _reduce(image, side: int):
     if max(image.size) <= side:
         return image
@@ -98,7 +67,7 @@ def _decode(path: str, every: float, distinct: bool, keep: bool, transform=None)
     """Decode one file into prepared stills. Returns (stills, error): stills are tuples
     (path, sha256, timestamp, timestamp_end, prepared, kept_image_or_None); error is (path, reason)
     for a file that failed (after any stills it did yield)."""
-    transform = transform or _TRANSFORM
+    transform = transform or worker_transform()
     out = []
     try:
         for s in iter_stills(path, every=every, distinct=distinct):
@@ -115,43 +84,6 @@ def _decode(path: str, every: float, distinct: bool, keep: bool, transform=None)
 
 
 # ------------------------------------------------------------------------------------------ driver
-class _Pool:
-    def __init__(self, workers: int, transform):
-        import multiprocessing as mp
-
-        method = "fork" if sys.platform.startswith("linux") else "spawn"
-        self.ctx = mp.get_context(method)
-        self.workers = workers
-        self.transform = transform
-        self.pool: ProcessPoolExecutor | None = None
-
-    def get(self) -> ProcessPoolExecutor:
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=self.ctx,
-                initializer=_init_worker,
-                initargs=(self.transform, os.getpid()),
-            )
-        return self.pool
-
-    def kill(self) -> None:
-        if self.pool is None:
-            return
-        for proc in list(getattr(self.pool, "_processes", {}).values()):
-            try:
-                proc.kill()
-            except Exception:
-                pass
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = None
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-
-
 def _tasks(items, names):
     """('file', path) | ('image', PIL image, label) | ('error', InputError), in input order."""
     from PIL import Image
@@ -224,7 +156,7 @@ def embed_stills(
         yield from head
         yield from tasks
 
-    pool = _Pool(workers, transform) if workers else None
+    pool = WorkerPool(workers, transform) if workers else None
     max_in_flight = max(2, workers * 4)
     inflight: deque = deque()  # [task, future | None, result | None]
     batch: list[tuple[Still, object]] = []
@@ -239,7 +171,7 @@ def embed_stills(
 
     def submit(task) -> list:
         if task[0] == "file" and pool is not None:
-            return [task, pool.get().submit(_decode, task[1], every, distinct, keep_images), None]
+            return [task, pool.run(_decode, task[1], every, distinct, keep_images), None]
         return [task, None, None]
 
     def resolve(entry) -> tuple[list, tuple | None]:
@@ -260,17 +192,17 @@ def embed_stills(
         try:
             return fut.result(timeout=decode_timeout)
         except FutureTimeout:
-            pool.kill()
+            pool._kill()
             _resubmit()
             return [], (task[1], f"decoding timed out after {decode_timeout:.0f} s")
         except BrokenProcessPool:
             # Some file in flight killed its worker. Retry this one alone to see if it is the one.
-            pool.kill()
-            alone = pool.get().submit(_decode, task[1], every, distinct, keep_images)
+            pool._kill()
+            alone = pool.run(_decode, task[1], every, distinct, keep_images)
             try:
                 result = alone.result(timeout=decode_timeout)
             except (BrokenProcessPool, FutureTimeout):
-                pool.kill()
+                pool._kill()
                 result = ([], (task[1], "the decoder crashed on this file"))
             _resubmit()
             return result
@@ -278,7 +210,7 @@ def embed_stills(
     def _resubmit() -> None:
         for entry in inflight:
             if entry[1] is not None:
-                entry[1] = pool.get().submit(_decode, entry[0][1], every, distinct, keep_images)
+                entry[1] = pool.run(_decode, entry[0][1], every, distinct, keep_images)
 
     try:
         source = all_tasks()

@@ -96,7 +96,7 @@ class SharedDecoder:
     """dump.DecodePool shared by concurrent requests; thread-safe, survives crashing decoders.
 
     The workers are forked by one long-lived "keeper" thread, never by a request thread: a worker
-    dies with the thread that forked it (dump._worker_init sets PR_SET_PDEATHSIG, which Linux ties
+    dies with the thread that forked it (run.pool.init_worker sets PR_SET_PDEATHSIG, which Linux ties
     to the forking thread), and the server retires idle request threads."""
 
     def __init__(self, matcher: Matcher, workers: int, limits: dump.Limits, timeout: float):
