@@ -51,7 +51,7 @@ class DuplicateInput(InputError):
     same content under two titles is refused)."""
 
     def __init__(self, path, reason: str, other_title: str | None = None):
-        super().__init__(path, reason)
+        super().__init__(path, reason, "skipped")
         self.other_title = other_title
 
 

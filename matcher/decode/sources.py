@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from matcher import config
-from matcher.errors import MatcherError
+from matcher.errors import ItemError
 
 DEFAULT_MAX_PIXELS = config.MAX_PIXELS_DEFAULT
 
@@ -65,13 +65,11 @@ VIDEO_EXTS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".tga", ".psd"}
 
 
-class InputError(MatcherError):
+class InputError(ItemError):
     """An input that cannot be used; str() is the one-line reason shown to the user."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
+    def __init__(self, path: str | os.PathLike, reason: str, status: str = "error"):
+        super().__init__(path, reason, status)
 
 
 @dataclass

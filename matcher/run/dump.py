@@ -54,6 +54,7 @@ from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's vie
     to_8bit,
 )
 from matcher.decode.sources import walk_dump as walk
+from matcher.errors import ItemError
 from matcher.run.pool import WorkerPool, worker_transform
 from matcher.write import report as rpt
 
@@ -72,14 +73,12 @@ TERM_GRACE = config.TERM_GRACE
 # ==================================================================================================
 # Worker side: sniffing and decoding (runs in the decode processes; imports Pillow and PyAV only)
 # ==================================================================================================
-class FileProblem(Exception):
-    """A file that cannot be matched; ``status`` is 'error' or 'skipped', ``reason`` one line."""
+class FileProblem(ItemError):
+    """A file that cannot be matched (the worker knows no display path: the parent adds it);
+    ``status`` is 'error' or 'skipped', ``reason`` one line."""
 
     def __init__(self, reason: str, status: str = "error", kind: str | None = None):
-        super().__init__(reason)
-        self.reason = one_line(reason)
-        self.status = status
-        self.kind = kind
+        super().__init__(None, one_line(reason), status, kind)
 
 
 def one_line(text: Any, limit: int = 300) -> str:
