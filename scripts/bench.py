@@ -19,6 +19,8 @@ Stages:
   pipeline  issue 16: `index add DIR` and `match DIR` files/s (100 960x540 PNG, classic) against
           decode-only, `match cel.png` on a 1k index and its imports; with --baseline DIR (a checkout
           of an older commit) both trees, interleaved round by round.
+  ray     issue 16: decode + embed of 100 960x540 PNG on the Ray executor (local cluster, 2 CPUs)
+          against the local pool, with 1 and 2 decode workers.
   serve   `matcher serve` on a 10k-still classic index over loopback (issue 18): requests/s and
           p50/p95 latency of POST /match (the 1080p cel) with 1, 4 and 16 concurrent clients,
           against `match cel.png` run in a loop; server memory (with its decode workers) before
@@ -806,6 +808,58 @@ def report_pipeline(res: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_ray(workdir: Path, n_files: int) -> dict:
+    """The Ray executor against the local pool on the same files (decode + embed, classic), in
+    this process: a local Ray with 2 CPUs started once (its start-up is reported apart), then each
+    engine run twice, best time; Ray with 1 and 2 decode workers."""
+    import ray
+
+    from matcher.embed import create_embedder
+    from matcher.run.pipeline import embed_stills
+
+    d = workdir / "raydir"
+    if not d.exists():
+        write_stills(d, n_files, size=(960, 540), seed=5)
+    embedder = create_embedder("classic")
+    t = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    res: dict = {"n_files": n_files, "ray_init_s": time.perf_counter() - t}
+
+    def run(engine: str, workers: int) -> float:
+        def once():
+            n = sum(1 for e in embed_stills([d], embedder, engine=engine, workers=workers) if e.error is None)
+            assert n == n_files, n
+
+        return best(once, repeat=2)
+
+    res["local_s"] = run("local", 2)
+    res["ray_2_s"] = run("ray", 2)
+    res["ray_1_s"] = run("ray", 1)
+    res["local_again_s"] = run("local", 2)
+    ray.shutdown()
+    log(f"ray: {res}")
+    return res
+
+
+def report_ray(res: dict) -> str:
+    local = min(res["local_s"], res["local_again_s"])
+    n = res["n_files"]
+    return "\n".join(
+        [
+            f"Decode + embed of {n} 960x540 PNG (classic), in one process; Ray local cluster "
+            f"(`ray.init(num_cpus=2)`, started once in {res['ray_init_s']:.0f} s, not counted below).",
+            "",
+            "| engine | wall | files/s | vs local |",
+            "|---|---|---|---|",
+            f"| local pool, 2 workers | {local:.1f} s | {n / local:.1f} | 1.00x |",
+            f"| Ray, 2 decode workers | {res['ray_2_s']:.1f} s | {n / res['ray_2_s']:.1f} "
+            f"| {res['ray_2_s'] / local:.2f}x |",
+            f"| Ray, 1 decode worker | {res['ray_1_s']:.1f} s | {n / res['ray_1_s']:.1f} "
+            f"| {res['ray_1_s'] / local:.2f}x |",
+        ]
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # serve: matcher serve over loopback
 
@@ -1151,6 +1205,9 @@ def main(argv: list[str] | None = None) -> int:
         if "pipeline" in stages:
             results["pipeline"] = bench_pipeline(workdir, args.baseline, 1000, 100, args.rounds)
             sections += ["", "### One pipeline (issue 16)", "", report_pipeline(results["pipeline"])]
+        if "ray" in stages:
+            results["ray"] = bench_ray(workdir, 100)
+            sections += ["", "### Ray executor (issue 16)", "", report_ray(results["ray"])]
         if "serve" in stages:
             n = 1000 if args.quick else 10_000
             soak = 1000 if args.quick else 10_000
