@@ -2,7 +2,7 @@
 """How much do the accuracy benchmark's decision numbers move with the calibration probes' random draw?
 
 The index calibrates itself on probes: random alterations of randomly chosen reference stills
-(matcher/calibration.py). `Matcher.add(seed=...)` picks the draw. This script builds the classic index
+(matcher/score/calibration.py). `Matcher.add(seed=...)` picks the draw. This script builds the classic index
 of the accuracy set (scripts/bench_accuracy.py) once per seed, answers the same query embeddings with
 each, and prints mean, spread and range over the seeds: the unknown thresholds, decision accuracy,
 false attribution, ECE and top-1. Differences between variants smaller than this spread are noise.

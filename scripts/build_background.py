@@ -3,7 +3,7 @@
 
 Copy-detection systems normalise a query's scores against images known to belong to none of the
 indexed productions; matcher ships such a set (matcher/data/background.zip) and every index embeds it
-with its own model (matcher/background.py). This script rebuilds the set from the Debian packages
+with its own model (matcher/score/background.py). This script rebuilds the set from the Debian packages
 unpacked by scripts/extract_styles.py, reproducibly (same packages in, same bytes out)::
 
     .venv/bin/python scripts/extract_styles.py

@@ -41,9 +41,9 @@ def connect(address: str | None = None, workers: int | None = None):
             raise RayUnavailable(
                 f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}"
             ) from None
-    import logging
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would mix with results
+    # Ray Data logs every execution at INFO on stderr, beside the results; it re-reads its level
+    # from this variable each time it configures its loggers (once per dataset run).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own
     return ray
