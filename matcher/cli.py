@@ -19,6 +19,7 @@ from pathlib import Path
 
 import typer
 
+from matcher import ann
 from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
 from matcher.results import json_line, safe_text
 
@@ -129,9 +130,19 @@ def index_add(
     episode: str | None = typer.Option(None, "--episode", help="Episode label recorded with each still."),
     every: float = typer.Option(1.0, "--every", min=0.01, help="Seconds between stills sampled from videos."),
     device: str | None = typer.Option(None, "--device", help="cuda | mps | cpu (default: best available)."),
+    memory_budget: str | None = typer.Option(
+        None,
+        "--memory-budget",
+        help="Memory the search index may hold, e.g. 4G: above it the index is IVF-PQ (compressed, "
+        "recall@10 measured and recorded). Kept for later writes.",
+    ),
 ) -> None:
     """Add reference stills of one title (creates the index if absent; appends otherwise)."""
     problems, duplicates = [], []
+    try:
+        budget = ann.parse_bytes(memory_budget)
+    except ValueError as exc:
+        _die(f"--memory-budget: {exc}")
 
     def report(exc):
         same_title = isinstance(exc, DuplicateInput) and exc.other_title is None
@@ -159,7 +170,15 @@ def index_add(
                     seen.add(still.path)
                     advance()
 
-            n = m.add(paths, title=title, episode=episode, every=every, on_error=report, on_still=on_still)
+            n = m.add(
+                paths,
+                title=title,
+                episode=episode,
+                every=every,
+                on_error=report,
+                on_still=on_still,
+                memory_budget=budget,
+            )
     except MatcherError as exc:
         _die(str(exc))
     info = m.info()
