@@ -674,7 +674,20 @@ def build_from_chunks(
         for path in parts:
             with contextlib.suppress(OSError):
                 path.unlink()
-    recall, nprobe = _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng)
+    recall, nprobe, reached = _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng)
+    if not reached and kind == "ivf-flat":
+        # as `build`: IVF cannot reach the recall target without scanning most lists, exact is as fast
+        del ivf
+        with contextlib.suppress(OSError):
+            ivfdata.unlink()
+        index = exact_index(d)
+        for vectors, ids in chunks():
+            add(index, vectors, ids)
+        info = _info(index, recall=1.0, seconds=time.perf_counter() - t0)
+        info["note"] = f"ivf recall@10 {recall:.4f} < {min_recall} at nprobe {nprobe}; fell back to exact"
+        info["fallback_at"] = n
+        info["memory_budget"] = memory_budget
+        return index, info
     ivf.nprobe = nprobe
     info = _info(ivf, recall=recall, seconds=time.perf_counter() - t0)
     info["memory_budget"] = memory_budget
@@ -721,7 +734,7 @@ def _exact_knn_chunked(queries, chunks, k: int):
 def _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng) -> tuple[float, int]:
     """Leave-one-out recall@10 against exact search, as `build` measures it; nprobe doubles until
     the recall target holds (IVF-Flat) or, for IVF-PQ, whose codes bound the recall, until it stops
-    improving. Returns (recall, nprobe)."""
+    improving. Returns (recall, nprobe, whether the target was reached)."""
     q_rows = np.sort(rng.choice(n, min(eval_queries, n), replace=False))
     queries = _as_f32(take(q_rows))
     k = min(RECALL_K, n - 1)
@@ -738,13 +751,13 @@ def _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng) -> t
         recall = float(per_query.mean())
         stderr = float(per_query.std()) / math.sqrt(len(per_query))
         if recall - 2 * stderr - RECALL_MARGIN >= min_recall:
-            return recall, nprobe
+            return recall, nprobe, True
         if kind == "ivf-pq" and recall < best[0] + PQ_PLATEAU and nprobe > 1:
-            return (recall, nprobe) if recall > best[0] else best
+            return (*((recall, nprobe) if recall > best[0] else best), False)
         if recall > best[0]:
             best = (recall, nprobe)
         nprobe *= 2
-    return best
+    return (*best, False)
 
 
 def chunks_of(index: faiss.Index, size: int = REBUILD_CHUNK):

@@ -1021,7 +1021,7 @@ def report_serve(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
-    ap.add_argument("--stages", default="search,embed,e2e")
+    ap.add_argument("--stages", default="search,embed,e2e", help="any of search,embed,e2e,serve,scale")
     ap.add_argument("--sizes", help="search sizes, comma-separated (default 10000,100000,1000000)")
     ap.add_argument("--json", type=Path, help="write raw numbers here")
     ap.add_argument("--no-clip", action="store_true", help="skip clip:ViT-B-32 in the embed stage")
@@ -1053,6 +1053,21 @@ def main(argv: list[str] | None = None) -> int:
             soak = 1000 if args.quick else 10_000
             results["serve"] = bench_serve(workdir, n, 16 if args.quick else 96, soak)
             sections += ["", "### matcher serve (issue 18)", "", report_serve(results["serve"])]
+        if "scale" in stages:
+            # index building at scale (issue 16): shards on disk -> index, peak RSS, today vs after
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import bench_scale
+
+            n = 100_000 if args.quick else 1_000_000
+            results["scale"] = bench_scale.run(n, 279, None, 250_000, "a4bd21b", workdir)
+            sections += [
+                "",
+                "### Index building at scale",
+                "",
+                "```",
+                json.dumps(results["scale"], indent=1),
+                "```",
+            ]
         if "search" in stages:
             results["search"] = bench_search(sizes, 20 if args.quick else 50, workdir)
             sections += ["", "### Search", "", report_search(results["search"])]

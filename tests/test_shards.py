@@ -200,3 +200,15 @@ def test_a_bad_memory_budget_is_one_line(tmp_path):
     assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
         "matcher: error: --memory-budget: 'lots' is not a size (use e.g. 4G, 512M or a number of bytes)"
     ]
+
+
+def test_a_sharded_ivf_that_misses_the_recall_target_falls_back_to_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(ann, "DEFAULT_EXACT_MAX", 1000)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)  # no clusters: IVF lists do not help
+    write_shards(tmp_path / "sh", x / np.linalg.norm(x, axis=1, keepdims=True), 1000)
+    shards.build_from_shards(tmp_path / "sh", tmp_path / "idx", EMBEDDER)
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert m["search"]["kind"] == "exact" and "fell back to exact" in m["search"]["note"]
+    assert m["format_version"] == 2 and m["ivfdata"] is None
+    assert sorted(p.name for p in (tmp_path / "idx").glob("vectors-*")) == ["vectors-2.faiss"]
