@@ -121,11 +121,11 @@ class Shard:
         self.directory, self.id, self.count, self.dim = directory, doc["shard"], doc["count"], doc["dim"]
         self.files = doc["files"]
 
-    def _path(self, suffix: str) -> Path:
+    def path(self, suffix: str) -> Path:
         return self.directory / f"shard-{self.id}{suffix}"
 
     def vectors(self) -> np.ndarray:
-        path = self._path(".npy")
+        path = self.path(".npy")
         try:
             v = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -137,7 +137,7 @@ class Shard:
         return v
 
     def records(self) -> list[Reference]:
-        path = self._path(".jsonl")
+        path = self.path(".jsonl")
         out = []
         try:
             with open(path, encoding="utf-8") as f:
@@ -153,7 +153,7 @@ class Shard:
         return out
 
     def probes(self) -> dict | None:
-        path = self._path(".probes.npz")
+        path = self.path(".probes.npz")
         if path.name not in self.files:
             return None
         try:
@@ -241,7 +241,7 @@ def build_from_shards(
             p = shard.probes()
             if p is not None and len(p["rows"]):
                 if p["rows"].min() < 0 or p["rows"].max() >= shard.count:
-                    raise ShardError(f"{shard._path('.probes.npz')}: probe rows outside the shard")
+                    raise ShardError(f"{shard.path('.probes.npz')}: probe rows outside the shard")
                 probe_vecs.append(p["vectors"])
                 probe_ids.append(ids[p["rows"]])
                 probe_titles += [refs[int(r)].title for r in p["rows"]]
