@@ -523,7 +523,7 @@ PQ_DIMS_PER_CODE = 3
 #: Recall gains below this stop the nprobe search of an IVF-PQ index (its codes bound the recall).
 PQ_PLATEAU = 0.005
 #: Vectors per chunk when an index in memory is rebuilt through the on-disk path (store.save).
-REBUILD_CHUNK = 200_000
+REBUILD_CHUNK = 50_000
 
 
 #: A size: a number and an optional unit (k, M, G, T; binary multiples).
