@@ -303,6 +303,7 @@ class Matcher:
         on_still=None,
         engine: str = "local",
         address: str | None = None,
+        memory_budget: int | None = None,
     ) -> int:
         """Add reference stills of one title: image files, directories (recursive), videos (a still
         every ``every`` seconds) or PIL images (``names`` labels them as evidence). Appends to the
@@ -318,6 +319,8 @@ class Matcher:
             raise MatcherError("a title is required")
         title = db_text(title)  # as the metadata stores it (bytes that are not UTF-8 as \\xNN)
         with self._writing():
+            if memory_budget is not None:  # bytes the search index may hold (IVF-PQ above: ann.py)
+                self.store.set_memory_budget(int(memory_budget))
             return self._add(items, title, episode, every, names, on_error, seed, on_still, engine, address)
 
     def _add(self, items, title, episode, every, names, on_error, seed, on_still, engine, address) -> int:

@@ -12,7 +12,7 @@ Stages:
           batches, the compute floor (FLOPs / measured sgemm rate); peak memory of opening the
           largest index (memory-mapped and in RAM) in a fresh process.
   embed   images/s on 1080p PNG stills for classic and clip:ViT-B-32 (random-init weights): the
-          pipeline (matcher.pipeline) against the decode-only floor, the model's pure forward time
+          pipeline (matcher.run.pipeline) against the decode-only floor, the model's pure forward time
           on pre-decoded tensors, and a naive one-image-at-a-time loop.
   e2e     `matcher match cel.png` wall time and peak memory on a 10k-still classic index, and
           `matcher match DIR` files/s on 1,000 files.
@@ -204,7 +204,10 @@ PEAK_SNIPPET = r"""
 import sys, time, resource, json, numpy as np
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
-from matcher import ann
+try:
+    from matcher.search import ann
+except ImportError:  # a tree from before the search/ layout
+    from matcher import ann
 index = ann.read_index(sys.argv[2], mmap=sys.argv[3] == "1")
 t_open = time.perf_counter() - t0
 q = np.load(sys.argv[4])
@@ -236,7 +239,7 @@ def index_peak_memory(path: Path, queries: np.ndarray, mmap: bool) -> dict:
 def bench_search(sizes: list[int], single_queries: int, workdir: Path) -> dict:
     import faiss
 
-    from matcher import ann
+    from matcher.search import ann
 
     res: dict = {"threads": faiss.omp_get_max_threads()}
     bw = copy_bandwidth()
@@ -468,14 +471,14 @@ def random_clip(workdir: Path, arch: str = "ViT-B-32"):
         model = open_clip.create_model(arch, pretrained=None)
         torch.save(model.state_dict(), ckpt)
         del model
-    from matcher.embedders.clip import ClipEmbedder
+    from matcher.embed.clip import ClipEmbedder
 
     return ClipEmbedder(arch, pretrained=str(ckpt), models_dir=workdir)
 
 
 def bench_embed(n_images: int, workdir: Path, which: list[str]) -> dict:
-    from matcher.pipeline import default_workers, embed_stills
-    from matcher.sources import open_image
+    from matcher.decode.sources import open_image
+    from matcher.run.pipeline import default_workers, embed_stills
 
     cores = os.cpu_count() or 1
     log(f"embed: writing {n_images} 1080p PNG stills")
@@ -488,7 +491,7 @@ def bench_embed(n_images: int, workdir: Path, which: list[str]) -> dict:
     rows = {}
     for name in which:
         if name == "classic":
-            from matcher.embedders.classic import ClassicEmbedder
+            from matcher.embed.classic import ClassicEmbedder
 
             emb = ClassicEmbedder()
             emb.embed(decoded[:2])
@@ -1173,7 +1176,7 @@ def report_serve(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke run")
-    ap.add_argument("--stages", default="search,embed,e2e")
+    ap.add_argument("--stages", default="search,embed,e2e", help="any of search,embed,e2e,serve,scale")
     ap.add_argument("--sizes", help="search sizes, comma-separated (default 10000,100000,1000000)")
     ap.add_argument("--json", type=Path, help="write raw numbers here")
     ap.add_argument("--no-clip", action="store_true", help="skip clip:ViT-B-32 in the embed stage")
@@ -1213,6 +1216,21 @@ def main(argv: list[str] | None = None) -> int:
             soak = 1000 if args.quick else 10_000
             results["serve"] = bench_serve(workdir, n, 16 if args.quick else 96, soak)
             sections += ["", "### matcher serve (issue 18)", "", report_serve(results["serve"])]
+        if "scale" in stages:
+            # index building at scale (issue 16): shards on disk -> index, peak RSS, today vs after
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import bench_scale
+
+            n = 100_000 if args.quick else 1_000_000
+            results["scale"] = bench_scale.run(n, 279, None, 250_000, "a4bd21b", workdir)
+            sections += [
+                "",
+                "### Index building at scale",
+                "",
+                "```",
+                json.dumps(results["scale"], indent=1),
+                "```",
+            ]
         if "search" in stages:
             results["search"] = bench_search(sizes, 20 if args.quick else 50, workdir)
             sections += ["", "### Search", "", report_search(results["search"])]

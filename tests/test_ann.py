@@ -133,7 +133,7 @@ def test_all_vectors_reconstruct_and_selectors():
         assert set(found[found >= 0].tolist()) <= set(allowed.tolist()) and found[0, 0] == ids[0]
 
 
-def test_store_switches_to_ivf_and_opens_mmapped(tmp_path, monkeypatch):
+def test_store_switches_to_ivf_with_lists_on_disk(tmp_path, monkeypatch):
     from matcher.search.store import Reference, ReferenceStore
 
     monkeypatch.setattr(ann, "DEFAULT_EXACT_MAX", 1000)
@@ -148,14 +148,20 @@ def test_store_switches_to_ivf_and_opens_mmapped(tmp_path, monkeypatch):
     assert info["kind"] == "ivf-flat" and info["recall_at_10"] >= 0.99
     store.close()
 
-    monkeypatch.setattr(ann, "MMAP_MIN_BYTES", 0)
+    # the IVF lists are a generation file of their own, memory-mapped read-only (format 3)
+    m = store.manifest
+    assert (
+        m["format_version"] == 3 and m["ivfdata"] == "vectors-2.ivfdata" and "vectors-2.ivfdata" in m["files"]
+    )
     store = ReferenceStore.open(tmp_path / "idx")
-    assert store._mapped and store.count == 3000
+    assert (
+        ann.on_disk_path(store.index) == str(tmp_path / "idx" / "vectors-2.ivfdata") and store.count == 3000
+    )
     _, found = store.search(x[:4], 3)
     assert found[:, 0].tolist() == ids[:4].tolist()
     _, only = store.search(x[:2], 3, only_ids=store.ids_of_title("A"))
     assert set(only[only >= 0].tolist()) <= set(store.ids_of_title("A").tolist())
-    assert store.remove_title("B") == 1500 and not store._mapped
+    assert store.remove_title("B") == 1500 and not ann.is_on_disk(store.index)  # a copy in memory
     store.save()
     store.close()
     store = ReferenceStore.open(tmp_path / "idx")

@@ -17,8 +17,10 @@ faiss is imported lazily so that importing this module costs nothing until an in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,7 +218,7 @@ def build(
 def _info(index: faiss.Index, *, recall: float, seconds: float | None = None) -> dict:
     ivf = _ivf(index)
     info: dict[str, Any] = {
-        "kind": "ivf-flat" if ivf is not None else "exact",
+        "kind": ivf_kind(index),
         "ntotal": int(index.ntotal),
         "dim": int(index.d),
         "metric": "inner_product",
@@ -470,6 +472,8 @@ def should_rebuild(index: faiss.Index, info: dict | None, *, exact_max: int | No
         if n <= exact_max:
             return False
         return n >= 2 * int(info.get("fallback_at") or 0)
+    if ivf_kind(index) == "ivf-pq":
+        return False  # its codes cannot give the vectors back: rebuilt from the sources or shards
     built = int(info.get("ntotal") or 0)
     return n > 4 * max(built, 1) or 4 * n < built or n < exact_max // 2
 
@@ -504,3 +508,355 @@ def set_threads(n: int | None = None) -> None:
     """faiss OpenMP threads (default: all cores)."""
     faiss = _faiss()
     faiss.omp_set_num_threads(int(n or os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------ building at scale
+# An index too large to build in memory is built as faiss contrib/ondisk does: train on a sample,
+# add each chunk (shard) of vectors to an empty copy of the trained index written to its own file,
+# then merge the inverted lists of those files into one `.ivfdata` file (OnDiskInvertedLists), which
+# readers memory-map. Peak memory is the trained index plus one chunk, whatever the total.
+
+#: Bytes an exact index holds per vector besides the floats (its int64 id).
+ID_BYTES = 8
+#: Bytes of a PQ code per vector dimension: ~d/3 bytes per vector (d/m >= 3 dims per sub-quantizer).
+PQ_DIMS_PER_CODE = 3
+#: Recall gains below this stop the nprobe search of an IVF-PQ index (its codes bound the recall).
+PQ_PLATEAU = 0.005
+#: Vectors per chunk when an index in memory is rebuilt through the on-disk path (store.save).
+REBUILD_CHUNK = 50_000
+
+
+#: A size: a number and an optional unit (k, M, G, T; binary multiples).
+SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([bBkKmMgGtT])?(?:i?[bB])?")
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'4G', '512M', '1.5G', '300k' or a plain number of bytes -> bytes (None stays None)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = SIZE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (use e.g. 4G, 512M or a number of bytes)")
+    value = float(m.group(1)) * 1024 ** "BKMGT".index((m.group(2) or "B").upper())
+    if value < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return int(value)
+
+
+def exact_bytes(n: int, d: int) -> int:
+    """Memory an exact index of n vectors of d dims holds (floats and ids)."""
+    return int(n) * (int(d) * 4 + ID_BYTES)
+
+
+def pq_subquantizers(d: int) -> int:
+    """Sub-quantizers of the IVF-PQ code: the largest divisor m of d with d/m >= PQ_DIMS_PER_CODE
+    (279 -> 93 bytes a vector, 128 -> 32, 512 -> 128): a 12-16x smaller index than exact."""
+    best = 1
+    for m in range(1, d + 1):
+        if d % m == 0 and d // m >= PQ_DIMS_PER_CODE:
+            best = m
+    return best
+
+
+def choose_kind(n: int, d: int, *, memory_budget: int | None = None, exact_max: int | None = None) -> str:
+    """ "exact", "ivf-flat" or "ivf-pq" for n vectors: exact while small, IVF-Flat above `exact_max`,
+    IVF-PQ when the uncompressed vectors would not fit `memory_budget` bytes."""
+    exact_max = DEFAULT_EXACT_MAX if exact_max is None else exact_max
+    if memory_budget is not None and exact_bytes(n, d) > memory_budget and n >= 2 * 39 * 16:
+        return "ivf-pq"
+    if n <= exact_max or n < 2 * 39 * 16:
+        return "exact"
+    return "ivf-flat"
+
+
+def _empty_ivf(kind: str, d: int, nlist: int):
+    faiss = _faiss()
+    quantizer = faiss.IndexFlatIP(d)
+    if kind == "ivf-pq":
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, pq_subquantizers(d), 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.own_fields = True
+    quantizer.this.disown()
+    ivf.cp.niter = 20
+    return ivf
+
+
+class _StdoutToStderr:
+    """faiss's on-disk lists print progress with printf (stdout), where `--json` lines go: send it
+    to stderr while they are written (writers only; readers open the lists silently)."""
+
+    def __enter__(self):
+        import sys
+
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        os.dup2(2, 1)
+
+    def __exit__(self, *exc):
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+
+
+def is_on_disk(index: faiss.Index) -> bool:
+    ivf = _ivf(index)
+    return ivf is not None and isinstance(
+        _faiss().downcast_InvertedLists(ivf.invlists), _faiss().OnDiskInvertedLists
+    )
+
+
+def on_disk_path(index: faiss.Index) -> str | None:
+    """The .ivfdata file an IVF index's lists are mapped from, else None."""
+    if not is_on_disk(index):
+        return None
+    return str(_faiss().downcast_InvertedLists(_ivf(index).invlists).filename)
+
+
+def ivf_kind(index: faiss.Index) -> str:
+    faiss = _faiss()
+    ivf = _ivf(index)
+    if ivf is None:
+        return "exact"
+    return "ivf-pq" if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ) else "ivf-flat"
+
+
+def build_from_chunks(
+    chunks,
+    n: int,
+    d: int,
+    take,
+    ivfdata: str | os.PathLike,
+    *,
+    memory_budget: int | None = None,
+    exact_max: int | None = None,
+    min_recall: float = DEFAULT_MIN_RECALL,
+    nlist: int | None = None,
+    eval_queries: int = DEFAULT_EVAL_QUERIES,
+    seed: int = 0,
+) -> tuple[faiss.Index, dict]:
+    """Build an index over vectors given chunk by chunk, never all in memory at once.
+
+    `chunks()` yields (vectors, ids) chunks in a fixed order (it is called several times: add, and
+    exact search for the recall measurement); `take(rows)` returns the vectors at sorted global row
+    positions (the training sample and the recall queries). An IVF index gets its lists in the file
+    `ivfdata` (OnDiskInvertedLists, memory-mapped); exact indexes are built in memory (they fit the
+    budget by definition). Returns (index, info) as `build` does; info["kind"] is the kind chosen,
+    info["memory_budget"] the budget it was chosen for, info["on_disk"] whether lists are in `ivfdata`.
+    """
+    faiss = _faiss()
+    t0 = time.perf_counter()
+    kind = choose_kind(n, d, memory_budget=memory_budget, exact_max=exact_max)
+    if kind == "exact":
+        index = exact_index(d)
+        for vectors, ids in chunks():
+            add(index, vectors, ids)
+        info = _info(index, recall=1.0, seconds=time.perf_counter() - t0)
+        info["memory_budget"] = memory_budget
+        return index, info
+    rng = np.random.default_rng(seed)
+    nlist = nlist or default_nlist(n)
+    ivf = _empty_ivf(kind, d, nlist)
+    n_train = min(n, max(nlist * TRAIN_PER_LIST, 256 * 39 if kind == "ivf-pq" else 0))
+    ivf.train(_as_f32(take(np.sort(rng.choice(n, n_train, replace=False)))))
+    ivfdata = Path(ivfdata)
+    parts = []
+    try:
+        for k, (vectors, ids) in enumerate(chunks()):
+            part = faiss.clone_index(ivf)
+            add(part, vectors, ids)
+            path = ivfdata.with_name(f"{ivfdata.name}.part{k}")
+            faiss.write_index(part, os.fspath(path))
+            parts.append(path)
+            del part
+        with _StdoutToStderr():
+            _merge_parts(ivf, parts, ivfdata)
+    finally:
+        for path in parts:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    recall, nprobe, reached = _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng)
+    if not reached and kind == "ivf-flat":
+        # as `build`: IVF cannot reach the recall target without scanning most lists, exact is as fast
+        del ivf
+        with contextlib.suppress(OSError):
+            ivfdata.unlink()
+        index = exact_index(d)
+        for vectors, ids in chunks():
+            add(index, vectors, ids)
+        info = _info(index, recall=1.0, seconds=time.perf_counter() - t0)
+        info["note"] = f"ivf recall@10 {recall:.4f} < {min_recall} at nprobe {nprobe}; fell back to exact"
+        info["fallback_at"] = n
+        info["memory_budget"] = memory_budget
+        return index, info
+    ivf.nprobe = nprobe
+    info = _info(ivf, recall=recall, seconds=time.perf_counter() - t0)
+    info["memory_budget"] = memory_budget
+    info["on_disk"] = True
+    return ivf, info
+
+
+def _merge_parts(ivf, parts, ivfdata: Path) -> None:
+    """faiss.contrib.ondisk.merge_ondisk, keeping the part files' lists alive only while merging."""
+    faiss = _faiss()
+    held, lists = [], faiss.InvertedListsPtrVector()
+    for path in parts:
+        part = faiss.read_index(os.fspath(path), faiss.IO_FLAG_MMAP)
+        held.append(part)
+        lists.push_back(faiss.extract_index_ivf(part).invlists)
+    _merge_lists(ivf, lists, ivfdata)
+    del held
+
+
+def _merge_lists(ivf, lists, ivfdata: Path) -> None:
+    faiss = _faiss()
+    ondisk = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, os.fspath(ivfdata))
+    ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
+    ivf.ntotal = ntotal
+    ivf.replace_invlists(ondisk, True)
+    ondisk.this.disown()
+
+
+def _exact_knn_chunked(queries, chunks, k: int):
+    """Exact top-k by inner product over vectors given chunk by chunk (bounded memory)."""
+    faiss = _faiss()
+    best_d = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for vectors, ids in chunks():
+        kk = min(k, len(vectors))
+        dd, rows = faiss.knn(queries, _as_f32(vectors), kk, faiss.METRIC_INNER_PRODUCT)
+        ii = np.asarray(ids, np.int64)[rows]
+        all_d, all_i = np.hstack([best_d, dd]), np.hstack([best_i, ii])
+        order = np.argsort(-all_d, axis=1, kind="stable")[:, :k]
+        best_d, best_i = np.take_along_axis(all_d, order, axis=1), np.take_along_axis(all_i, order, axis=1)
+    return best_d, best_i
+
+
+def _tune_nprobe(ivf, chunks, take, n, kind, min_recall, eval_queries, rng) -> tuple[float, int]:
+    """Leave-one-out recall@10 against exact search, as `build` measures it; nprobe doubles until
+    the recall target holds (IVF-Flat) or, for IVF-PQ, whose codes bound the recall, until it stops
+    improving. Returns (recall, nprobe, whether the target was reached)."""
+    q_rows = np.sort(rng.choice(n, min(eval_queries, n), replace=False))
+    queries = _as_f32(take(q_rows))
+    k = min(RECALL_K, n - 1)
+    exact_d, exact_all = _exact_knn_chunked(queries, chunks, k + 1)
+    # the query's own id: its exact best match (itself, score = its squared norm)
+    self_ids = exact_all[:, 0].copy()
+    exact_d, exact_ids = _drop_self(exact_d, exact_all, self_ids, k)
+    nprobe, best = 1, (0.0, 1)
+    while nprobe <= max(1, ivf.nlist // 4):
+        ivf.nprobe = nprobe
+        approx_d, approx_ids = ivf.search(queries, k + 1)
+        approx_d, approx_ids = _drop_self(approx_d, approx_ids, self_ids, k)
+        per_query = recall_at_k(approx_ids, exact_ids, approx_d, exact_d, per_query=True)
+        recall = float(per_query.mean())
+        stderr = float(per_query.std()) / math.sqrt(len(per_query))
+        if recall - 2 * stderr - RECALL_MARGIN >= min_recall:
+            return recall, nprobe, True
+        if kind == "ivf-pq" and recall < best[0] + PQ_PLATEAU and nprobe > 1:
+            return (*((recall, nprobe) if recall > best[0] else best), False)
+        if recall > best[0]:
+            best = (recall, nprobe)
+        nprobe *= 2
+    return (*best, False)
+
+
+def chunks_of(index: faiss.Index, size: int = REBUILD_CHUNK):
+    """A `chunks()` callable over the vectors of an exact or IVF-Flat index, without copying them
+    all: zero-copy slices of an exact index, list by list groups of an IVF-Flat."""
+    faiss = _faiss()
+
+    def gen():
+        view = _flat_view(index)
+        if view is not None:
+            for a in range(0, len(view[0]), size):
+                yield view[0][a : a + size], view[1][a : a + size]
+            return
+        ivf = _ivf(index)
+        if ivf is None or ivf_kind(index) != "ivf-flat":
+            raise TypeError(f"cannot read vectors back from a {type(index).__name__}")
+        d, invlists = int(ivf.d), ivf.invlists
+        vecs, ids, held = [], [], 0
+        for lst in range(int(ivf.nlist)):
+            m = int(invlists.list_size(lst))
+            if not m:
+                continue
+            codes = faiss.rev_swig_ptr(invlists.get_codes(lst), m * d * 4)
+            vecs.append(np.frombuffer(codes, dtype=np.float32).reshape(m, d).copy())
+            ids.append(faiss.rev_swig_ptr(invlists.get_ids(lst), m).copy())
+            held += m
+            if held >= size:
+                yield np.concatenate(vecs), np.concatenate(ids)
+                vecs, ids, held = [], [], 0
+        if vecs:
+            yield np.concatenate(vecs), np.concatenate(ids)
+
+    return gen
+
+
+def take_of(index: faiss.Index, chunks):
+    """A `take(rows)` callable: vectors at sorted global positions of `chunks()` order."""
+
+    def take(rows):
+        rows = np.asarray(rows, np.int64)
+        out, at = [], 0
+        for vectors, _ in chunks():
+            m = len(vectors)
+            sel = rows[(rows >= at) & (rows < at + m)] - at
+            if len(sel):
+                out.append(np.asarray(vectors[sel], np.float32))
+            at += m
+        return np.concatenate(out) if out else np.zeros((0, index.d), np.float32)
+
+    return take
+
+
+def to_memory(index: faiss.Index) -> faiss.Index:
+    """An IVF index with on-disk lists given in-memory lists (a copy), so that a writer's add or
+    remove never changes a committed `.ivfdata` file; other indexes are returned as they are."""
+    if not is_on_disk(index):
+        return index
+    faiss = _faiss()
+    ivf = _ivf(index)
+    src = ivf.invlists
+    mem = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    for lst in range(int(ivf.nlist)):
+        m = int(src.list_size(lst))
+        if m:
+            mem.add_entries(lst, m, src.get_ids(lst), src.get_codes(lst))
+    ivf.replace_invlists(mem, True)
+    mem.this.disown()
+    return index
+
+
+def write_on_disk(index: faiss.Index, path: str | os.PathLike, ivfdata: str | os.PathLike) -> None:
+    """Write an IVF index as `path` (quantizer, parameters) + `ivfdata` (its lists, which readers
+    memory-map). An index whose lists are in memory has them moved to the new file (memory freed);
+    one whose lists are already in another `.ivfdata` file has them copied there."""
+    faiss = _faiss()
+    ivf = _ivf(index)
+    lists = faiss.InvertedListsPtrVector()
+    lists.push_back(ivf.invlists)
+    own = ivf.own_invlists
+    ivf.own_invlists = False  # replace_invlists must not free the source before the copy is written
+    old = ivf.invlists
+    with _StdoutToStderr():
+        _merge_lists(ivf, lists, Path(ivfdata))
+    if own:
+        old.this.own(True)
+        del old
+    faiss.write_index(index, os.fspath(path))
+
+
+def read_on_disk(path: str | os.PathLike, ivfdata: str | os.PathLike) -> faiss.Index:
+    """Open an index written by `write_on_disk`, its lists memory-mapped read-only from `ivfdata`
+    (the name is given, not the one recorded in the file: an index directory can move)."""
+    faiss = _faiss()
+    index = faiss.read_index(os.fspath(path), faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
+    ivf = _ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        raise ValueError("not an index with on-disk inverted lists")
+    lists.filename = os.fspath(ivfdata)
+    lists.read_only = True
+    lists.do_mmap()
+    return index

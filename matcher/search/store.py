@@ -9,6 +9,8 @@ Layout of an index directory::
     probes-<gen>.npz         pseudo-query vectors the scorer calibrates on (see scoring.py)
     index.lock               held by the one process writing (`filelock`); readers never take it
     background-<gen>.npz     the shipped background set embedded with the index's model (background.py)
+    vectors-<gen>.ivfdata    the inverted lists of an IVF index (format 3), memory-mapped by readers;
+                             vectors-<gen>.faiss then holds only the quantizer and the list offsets
 
 Every file of a generation is written once under a new name and never changed afterwards; the new
 generation becomes current when `manifest.json` is replaced in one rename. A crash at any point
@@ -41,7 +43,11 @@ from matcher.errors import MatcherError
 from matcher.search import ann
 
 #: 2: per-generation metadata files and a sha256 of every file in the manifest.
+#: 3: as 2, with an IVF index's lists in a file of their own (`ivfdata`, OnDiskInvertedLists).
+#: Exact indexes are still written as format 2, so that older versions keep reading them.
 FORMAT_VERSION = 2
+FORMAT_ON_DISK = 3
+FORMATS = (FORMAT_VERSION, FORMAT_ON_DISK)
 MANIFEST = "manifest.json"
 LOCK = "index.lock"
 #: Seconds a second writer waits for the first before giving up ($MATCHER_LOCK_TIMEOUT).
@@ -53,8 +59,10 @@ FILE_FIELDS = {
     "metadata": "metadata-{}.sqlite",
     "background": "background-{}.npz",
 }
+#: A generation's file that only an IVF index has (format 3).
+IVFDATA_FIELD, IVFDATA = "ivfdata", "vectors-{}.ivfdata"
 _STALE = re.compile(
-    r"^(vectors-.*\.faiss|probes-.*\.npz|background-.*\.npz|metadata.*\.sqlite|manifest\.json)(\..*)?$"
+    r"^(vectors-.*\.faiss|vectors-.*\.ivfdata|probes-.*\.npz|background-.*\.npz|metadata.*\.sqlite|manifest\.json)(\..*)?$"
 )
 
 
@@ -270,10 +278,10 @@ def check_manifest(manifest, mpath: Path) -> None:
             f"{mpath.parent}: index format 1 has no file checksums and cannot be verified; "
             f"rebuild it with this version: matcher index rebuild --index {mpath.parent}"
         )
-    if fv != FORMAT_VERSION:
+    if fv not in FORMATS:
         raise StoreError(
             f"{mpath.parent}: index format {fv} is not supported by this version "
-            f"(reads format {FORMAT_VERSION})"
+            f"(reads formats {', '.join(map(str, FORMATS))})"
         )
     emb = manifest.get("embedder")
     if not isinstance(emb, dict) or not isinstance(emb.get("spec"), str) or not emb.get("spec"):
@@ -294,10 +302,15 @@ def check_manifest(manifest, mpath: Path) -> None:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise bad("files", "must be an object of checksums")
-    for field, pattern in FILE_FIELDS.items():
+    fields = dict(FILE_FIELDS)
+    if fv == FORMAT_ON_DISK:
+        fields[IVFDATA_FIELD] = IVFDATA
+    elif manifest.get(IVFDATA_FIELD) is not None:
+        raise bad(IVFDATA_FIELD, f"must be null in format {fv}")
+    for field, pattern in fields.items():
         if manifest.get(field) != pattern.format(gen):
             raise bad(field, f"must be {pattern.format(gen)!r} in generation {gen}")
-    if set(files) != {pattern.format(gen) for pattern in FILE_FIELDS.values()}:
+    if set(files) != {pattern.format(gen) for pattern in fields.values()}:
         raise StoreError(f"{mpath}: damaged manifest: 'files' does not list the files of generation {gen}")
     for name, entry in files.items():
         if (
@@ -370,6 +383,7 @@ class ReferenceStore:
         self._mapped = False  # True while the index is a read-only memory map of its file
         self._db_copy = False  # True once self.db is the next generation's (writable) copy
         self._lock = None  # filelock.FileLock while this process is the index's writer
+        self._built: dict | None = None  # build_index's info until save commits it
         self._implicit_lock = False  # taken by a write call, released by the save that commits it
         self._probes_file = None  # the generation's probe file, open from `open` on
         #: sha256 of the manifest as opened: with the file checksums it holds, it pins every byte
@@ -509,10 +523,16 @@ class ReferenceStore:
         dim = int(manifest["dim"])
         vpath = self.root / manifest["vectors"]
         try:
-            # Large indexes open memory-mapped (read-only, shared page cache); `_writable`
-            # reloads them into memory before the first add/remove.
-            mapped = vpath.stat().st_size >= ann.MMAP_MIN_BYTES
-            index = ann.read_index(vpath, mmap=mapped)
+            if manifest.get(IVFDATA_FIELD):
+                # IVF lists memory-mapped read-only from their own (verified) file; a writer copies
+                # them into memory before changing them (`_changeable`)
+                mapped = False
+                index = ann.read_on_disk(vpath, self.root / manifest[IVFDATA_FIELD])
+            else:
+                # Large indexes open memory-mapped (read-only, shared page cache); `_writable`
+                # reloads them into memory before the first add/remove.
+                mapped = vpath.stat().st_size >= ann.MMAP_MIN_BYTES
+                index = ann.read_index(vpath, mmap=mapped)
         except FileNotFoundError:
             raise
         except Exception as exc:
@@ -790,15 +810,29 @@ class ReferenceStore:
         if len(vectors) != len(refs):
             raise ValueError("one reference per vector")
         self._writable()
+        ids_arr = self.add_references(refs)
+        if len(ids_arr):
+            self.index = ann.to_memory(self.index)  # never change a committed .ivfdata file
+            self.index.add_with_ids(vectors, ids_arr)
+        self._dirty = True
+        return ids_arr
+
+    def add_references(self, refs: Sequence[Reference]) -> np.ndarray:
+        """Insert metadata rows only (their ids returned, in order): the vectors come later, through
+        `add` or `build_index` (build_from_shards)."""
+        self._writable()
         gen = self.manifest["generation"] + 1
         with self.db:
             # duplicate checks look files up by sha256; created by the first write (a reader never
             # changes the index; without it the lookup scans)
             self.db.execute("CREATE INDEX IF NOT EXISTS refs_sha256 ON refs(sha256)")
-            ids = [
-                self.db.execute(
-                    "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
-                    " VALUES (?,?,?,?,?,?,?)",
+            # One executemany (5x faster than a statement a row at 10M rows): AUTOINCREMENT gives
+            # the rows consecutive ids after the table's sequence, in this one writer's transaction.
+            first = self._sequence()
+            self.db.executemany(
+                "INSERT INTO refs (title, episode, source, sha256, timestamp, timestamp_end, added_gen)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
                     (
                         db_text(r.title),
                         db_text(r.episode),
@@ -807,15 +841,39 @@ class ReferenceStore:
                         r.timestamp,
                         r.timestamp_end,
                         gen,
-                    ),
-                ).lastrowid
-                for r in refs
-            ]
-        ids_arr = np.asarray(ids, dtype=np.int64)
-        if len(ids_arr):
-            self.index.add_with_ids(vectors, ids_arr)
+                    )
+                    for r in refs
+                ),
+            )
+            last = self._sequence()
+        if last - first != len(refs):  # pragma: no cover - AUTOINCREMENT guarantees it
+            raise StoreError(
+                f"{self.root}: metadata ids are not consecutive ({first}..{last} for {len(refs)})"
+            )
         self._dirty = True
-        return ids_arr
+        return np.arange(first + 1, last + 1, dtype=np.int64)
+
+    def _sequence(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'refs'").fetchone()
+        return int(row[0]) if row else 0
+
+    def build_index(self, chunks, n: int, take, *, memory_budget: int | None = None, seed: int = 0) -> dict:
+        """Replace the ANN index by one built from `chunks()` (ann.build_from_chunks): an IVF index
+        gets its lists in the next generation's .ivfdata file directly. Committed by `save`."""
+        self._writable()
+        target = self.root / IVFDATA.format(self.manifest["generation"] + 1)
+        self.index = None
+        self.index, info = ann.build_from_chunks(
+            chunks, n, self.dim, take, target, memory_budget=memory_budget, seed=seed
+        )
+        self._built = info
+        self._dirty = True
+        return info
+
+    def set_memory_budget(self, budget: int | None) -> None:
+        """Bytes the ANN index may hold in memory (IVF-PQ above it); kept in the manifest."""
+        self.manifest = dict(self.manifest, memory_budget=budget)
+        self._dirty = True
 
     def remove_title(self, title: str) -> int:
         ids = self.ids_of_title(title)
@@ -828,6 +886,7 @@ class ReferenceStore:
             self.db.execute(
                 "UPDATE refs SET removed_gen = ? WHERE title = ? AND removed_gen IS NULL", (gen, title)
             )
+        self.index = ann.to_memory(self.index)
         ann.remove(self.index, ids)
         keep = self.probes["titles"] != title
         self.probes = {k: v[keep] for k, v in self.probes.items()}
@@ -856,23 +915,58 @@ class ReferenceStore:
         self._writable()
         gen = self.manifest["generation"] + 1
         manifest = dict(self.manifest, **manifest_updates)
-        if ann.should_rebuild(self.index, manifest.get("search")):
-            # Grown past exact search (or an IVF index's size changed 4x since it was trained):
-            # rebuild the kind that fits, with recall@10 measured (see ann.build).
-            vectors, ids = ann.all_vectors(self.index)
-            self.index = None  # free the old index first: peak 2x the vectors, not 3x
-            self.index, manifest["search"] = ann.build(vectors, ids)
-            del vectors, ids
-        elif ann.describe(self.index)["kind"] == "exact":  # keep a fallback's note and size
+        budget = manifest.get("memory_budget")
+        ivfdata = self.root / IVFDATA.format(gen)
+        n, kind = int(self.index.ntotal), ann.ivf_kind(self.index)
+        if self._built is not None:  # build_index wrote this generation's lists already
+            manifest["search"], self._built = self._built, None
+        elif ann.should_rebuild(self.index, manifest.get("search")) or (
+            kind != "ivf-pq" and ann.choose_kind(n, self.dim, memory_budget=budget) == "ivf-pq"
+        ):
+            # Grown past exact search, an IVF index's size changed 4x since it was trained, or the
+            # vectors no longer fit the memory budget: rebuild the kind that fits, with recall@10
+            # measured. The old index is read chunk by chunk (zero-copy where it is exact) and the
+            # new one's lists go straight to this generation's .ivfdata file: peak memory is the
+            # old index plus one chunk, not two copies of every vector.
+            old = self.index
+            chunks = ann.chunks_of(old)
+            self.index = None
+            self.index, manifest["search"] = ann.build_from_chunks(
+                chunks, n, self.dim, ann.take_of(old, chunks), ivfdata, memory_budget=budget
+            )
+            del old, chunks
+        elif kind == "exact":  # keep a fallback's note and size
             manifest["search"] = {**(manifest.get("search") or {}), **ann.describe(self.index)}
         names = {field: pattern.format(gen) for field, pattern in FILE_FIELDS.items()}
+        on_disk = ann.ivf_kind(self.index) != "exact"
+        manifest[IVFDATA_FIELD] = ivfdata.name if on_disk else None
+        manifest["format_version"] = FORMAT_ON_DISK if on_disk else FORMAT_VERSION
         manifest.update(generation=gen, count=int(self.index.ntotal), **names)
         vpath = self.root / names["vectors"]
         tmp = vpath.with_name(vpath.name + ".tmp")
-        ann.write_index(self.index, tmp)
+        if on_disk:
+            names[IVFDATA_FIELD] = ivfdata.name
+            current = ann.on_disk_path(self.index)
+            if current is not None and Path(current) != ivfdata:
+                # unchanged lists of the previous generation: the same bytes under this
+                # generation's name (neither file is ever changed, so a hard link is safe)
+                ivfdata.unlink(missing_ok=True)
+                try:
+                    os.link(current, ivfdata)
+                except OSError:
+                    ann.write_on_disk(self.index, tmp, ivfdata)
+            elif current is None:
+                ann.write_on_disk(self.index, tmp, ivfdata)
+            ann.write_index(self.index, tmp)
+            with open(ivfdata, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            ann.write_index(self.index, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, vpath)
+        if on_disk:  # from now on the lists are the committed file's, mapped read-only
+            self.index = ann.read_on_disk(vpath, ivfdata)
         ppath = self.root / names["probes"]
         with open(ppath.with_name(ppath.name + ".tmp"), "wb") as f:
             np.savez(f, **self.probes)
