@@ -1,0 +1,196 @@
+"""Dump insight on small real images: a shot in four states (sketch, cel, notes, final) is one
+group whose verdict reaches each state; two unknown styles become two clusters; a cluster is
+indexed from the report; the HTML report shows groups, clusters and the timeline (and Chromium
+renders it under its CSP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_frame, write_frames
+from PIL import Image, ImageDraw, ImageOps
+from test_html_chromium import CHROMIUM, dom
+from typer.testing import CliRunner
+
+from matcher import Matcher, dump
+from matcher.calibration import make_sketch
+from matcher.cli import app
+from matcher.insight.postpass import load_insight
+from matcher.report import read_records
+
+
+@pytest.fixture(scope="module")
+def farm_index(tmp_path_factory):
+    """An index of one production (Sunny Farm): the two other styles are unknown productions."""
+    root = tmp_path_factory.mktemp("farm") / "idx"
+    lib = write_frames(tmp_path_factory.mktemp("farmlib"), "Sunny Farm", range(30))
+    with Matcher.create(root, model="classic") as m:
+        m.add(lib, title="Sunny Farm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dumped(farm_index, tmp_path_factory):
+    d = tmp_path_factory.mktemp("dump")
+    final = draw_frame("Sunny Farm", 7)  # an indexed still: its finished frame matches
+    (d / "shot").mkdir()
+    final.save(d / "shot" / "final.png")
+    # the cel: flat colours without the finish (posterised); the frame with correction notes
+    ImageOps.posterize(final, 3).save(d / "shot" / "cel.png")
+    notes = final.copy()
+    pen = ImageDraw.Draw(notes)
+    pen.line([(20, 20), (120, 60), (200, 40)], fill=(255, 0, 0), width=3)
+    pen.text((30, 200), "fix the ears", fill=(255, 0, 0))
+    notes.convert("L").convert("RGB").save(d / "shot" / "notes.jpg", quality=80)
+    make_sketch(final, np.random.default_rng(3)).save(d / "shot" / "sketch.png")  # its line-art
+    write_frames(d / "night", "Night Patrol", range(500, 508))
+    write_frames(d / "ice", "Ice Kingdom", range(600, 608))
+    # a batch a day: the night files written on 1 and 2 March 2024, the rest on 4 March
+    day = 1_709_251_200  # 2024-03-01T00:00:00Z
+    for p in sorted(d.rglob("*.*")):
+        when = day + (3 * 86400 if not p.parent.name == "night" else 86400 * (p.stem[-1] in "4567"))
+        os.utime(p, (when + 3600, when + 3600))
+    out, html = d.parent / f"{d.name}.jsonl", d.parent / f"{d.name}.html"
+    with Matcher.open(farm_index) as m:
+        stats = dump.run_dump(d, m, out=out, html=html, workers=1, quiet=True)
+    return d, out, html, stats
+
+
+def test_a_shot_in_its_states_is_one_group_and_its_verdict_reaches_them(dumped):
+    _, out, _, stats = dumped
+    ins = load_insight(read_records(out))
+    assert stats.insight["groups"] == len(ins["groups"])
+    shot = [g for g in ins["groups"] if {m["path"] for m in g["members"]} & {"shot/final.png"}]
+    assert len(shot) == 1
+    g = shot[0]
+    states = {"shot/final.png", "shot/cel.png", "shot/notes.jpg", "shot/sketch.png"}
+    assert {m["path"] for m in g["members"]} == states
+    assert g["title"] == "Sunny Farm" and not g["conflict"]
+    notes = next(m for m in g["members"] if m["path"] == "shot/notes.jpg")
+    assert notes["group_title"] == "Sunny Farm" and notes["group_confidence"] > 0.5
+    assert notes["group_edge"]["path"] in {"shot/final.png", "shot/cel.png"}
+    # its own verdict is kept as the per-file pass wrote it
+    own = next(r for r in read_records(out) if r.get("record") == "file" and r["path"] == "shot/notes.jpg")
+    assert notes["title"] == own["title"] and notes["confidence"] == own["confidence"]
+    sketch = next(m for m in g["members"] if m["path"] == "shot/sketch.png")
+    assert sketch["group_title"] == "Sunny Farm" and sketch["group_edge"]["path"] in states
+    # no file of the unknown productions is grouped with the shot
+    assert all(not m["path"].startswith(("night/", "ice/")) for m in g["members"])
+
+
+def test_two_unknown_styles_become_two_clusters(dumped):
+    _, out, _, _ = dumped
+    ins = load_insight(read_records(out))
+    found = [{m["path"].split("/")[0] for m in c["members"]} for c in ins["clusters"]]
+    assert sorted(map(sorted, found)) == [["ice"], ["night"]]
+    assert sorted(c["size"] for c in ins["clusters"]) == [8, 8]
+
+
+def test_file_lines_carry_mtime_and_rerun_adds_no_duplicates(dumped, farm_index):
+    d, out, _, _ = dumped
+    files = [r for r in read_records(out) if r.get("record") == "file"]
+    ice = next(r for r in files if r["path"] == "ice/ice_kingdom_0600.png")
+    assert ice["mtime"] == 1_709_251_200 + 3 * 86400 + 3600 and ice["embedded_date"] is None
+    before = [r for r in read_records(out) if r.get("record") in ("group", "cluster", "insight")]
+    with Matcher.open(farm_index) as m:
+        again = dump.run_dump(d, m, out=out, workers=1, quiet=True)
+    after = [r for r in read_records(out) if r.get("record") in ("group", "cluster", "insight")]
+    assert again.written == 0 and after == before
+    assert list(read_records(out))[-1]["record"] == "summary"
+
+
+def test_html_shows_groups_clusters_and_timeline(dumped):
+    _, out, html, _ = dumped
+    text = Path(html).read_text()
+    assert text.count('class="member" data-path=') >= 3
+    assert 'data-path="shot/notes.jpg"' in text and "group verdict: Sunny Farm" in text
+    assert text.count("data-cluster=") == 2 and "--cluster 0" in text
+    timeline = text.split('id="timeline-clusters"')[1]
+    night = next(
+        c["cluster"]
+        for c in load_insight(read_records(out))["clusters"]
+        if "night" in c["representatives"][0]
+    )
+    row = timeline.split(f"<td>cluster {night}</td>")[1].split("</tr>")[0]
+    assert (
+        "8 files, 2 days" in row
+        and 'aria-label="2024-03-01: 4"' in row
+        and 'aria-label="2024-03-02: 4"' in row
+    )
+    assert "2024-03-01 to 2024-03-04" in timeline
+    assert "Content-Security-Policy" in text and "http://" not in text.split("</head>")[1]
+
+
+def test_index_add_from_report_cluster_adds_exactly_that_cluster(dumped, farm_index, tmp_path):
+    d, out, _, _ = dumped
+    idx = tmp_path / "idx"
+    shutil.copytree(farm_index, idx)
+    ins = load_insight(read_records(out))
+    night = next(c for c in ins["clusters"] if c["members"][0]["path"].startswith("night/"))
+    res = CliRunner().invoke(
+        app,
+        [
+            "index",
+            "add",
+            "--index",
+            str(idx),
+            "--title",
+            "Night Patrol",
+            "--from-report",
+            str(out),
+            "--cluster",
+            str(night["cluster"]),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "added 8 stills of 'Night Patrol'" in res.output
+    with Matcher.open(idx) as m:
+        assert m.info()["titles"] == {"Sunny Farm": 30, "Night Patrol": 8}
+        ids = m.store.ids_of_title("Night Patrol")
+        srcs = {os.path.basename(r.source) for r in m.store.references(ids).values()}
+    assert srcs == {p["path"].split("/")[1] for p in night["members"]}
+
+
+def test_index_add_from_report_refuses_a_changed_file(dumped, farm_index, tmp_path):
+    d, out, _, _ = dumped
+    copy = tmp_path / "dump"
+    shutil.copytree(d, copy)
+    rewritten = tmp_path / "r.jsonl"
+    lines = []
+    for rec in read_records(out):
+        if rec.get("record") == "run":
+            rec["dump_root"] = str(copy)
+        lines.append(json.dumps(rec))
+    rewritten.write_text("\n".join(lines) + "\n")
+    ins = load_insight(read_records(out))
+    c = ins["clusters"][0]
+    victim = copy / c["members"][0]["path"]
+    Image.new("RGB", (50, 50), "red").save(victim)
+    idx = tmp_path / "idx"
+    shutil.copytree(farm_index, idx)
+    args = ["index", "add", "--index", str(idx), "--title", "X", "--from-report", str(rewritten)]
+    res = CliRunner().invoke(app, [*args, "--cluster", str(c["cluster"])])
+    assert res.exit_code == 2 and "content differs from the report" in res.output
+    assert str(victim) in res.output
+    res = CliRunner().invoke(app, [*args, "--cluster", "99"])
+    assert res.exit_code == 2 and "no cluster 99" in res.output
+    with Matcher.open(idx) as m:
+        assert m.info()["titles"] == {"Sunny Farm": 30}
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="headless Chromium not installed")
+def test_chromium_renders_groups_and_clusters_under_the_csp(dumped):
+    _, _, html, _ = dumped
+    scan, log = dom(Path(html))
+    assert scan.title == "matcher evidence report"
+    assert "Refused to" not in log, [x for x in log.splitlines() if "Refused" in x]
+    assert all(src.startswith("data:image/") for src in scan.imgs)
+    groups = "".join(scan.text_by_section["groups"])
+    assert "shot/sketch.png" in groups and "group verdict: Sunny Farm" in groups
+    clusters = "".join(scan.text_by_section["clusters"])
+    assert clusters.count("files, ") == 2 and "night/" in clusters and "ice/" in clusters
