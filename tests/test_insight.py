@@ -194,3 +194,41 @@ def test_chromium_renders_groups_and_clusters_under_the_csp(dumped):
     assert "shot/sketch.png" in groups and "group verdict: Sunny Farm" in groups
     clusters = "".join(scan.text_by_section["clusters"])
     assert clusters.count("files, ") == 2 and "night/" in clusters and "ice/" in clusters
+
+
+def test_edge_threshold_lets_at_most_one_percent_of_false_links_through():
+    from matcher.insight.groups import fit_edges
+
+    rng = np.random.default_rng(0)
+    neg, pos = rng.normal(0.5, 0.1, 2000), rng.normal(0.9, 0.05, 500)
+    cal = fit_edges(pos, neg)
+    assert np.mean(neg >= cal.threshold) <= 0.01 and cal.false_link <= 0.01
+    assert np.mean(neg >= cal.threshold - 0.02) > 0.01  # and not far above what that takes
+    p = cal.probability(np.array([0.4, cal.threshold, 0.99]))
+    assert p[0] < 0.1 < p[2] and p[0] < p[1] < p[2]
+
+
+def test_clusters_are_deterministic_and_sampled_beyond_the_limit(monkeypatch):
+    from matcher.insight import clusters
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=64), rng.normal(size=64)
+    x = np.concatenate([a + 0.2 * rng.normal(size=(60, 64)), b + 0.2 * rng.normal(size=(60, 64))])
+    x = x[rng.permutation(len(x))]
+    truth = np.array([int(np.linalg.norm(v - b) < np.linalg.norm(v - a)) for v in x])
+    full = clusters.cluster_units(x)
+    assert len(set(full.tolist()) - {-1}) == 2 and np.array_equal(full, clusters.cluster_units(x))
+    assert all(len(set(full[truth == t].tolist()) - {-1}) == 1 for t in (0, 1))
+    monkeypatch.setattr(clusters, "MAX_SAMPLE", 40)  # HDBSCAN on every 4th file, the rest by nearest
+    sampled = clusters.cluster_units(x)
+    assert all(len(set(sampled[truth == t].tolist())) == 1 for t in (0, 1)) and sampled.min() >= 0
+
+
+def test_a_set_cut_off_before_its_insight_line_is_ignored():
+    recs = [
+        {"record": "group", "insight": "d1", "group": 0, "members": [{"path": "a", "group_title": "T"}]},
+        {"record": "insight", "digest": "d1"},
+        {"record": "group", "insight": "d2", "group": 0, "members": [{"path": "b", "group_title": "U"}]},
+    ]
+    ins = load_insight(recs)
+    assert ins["insight"]["digest"] == "d1" and set(ins["by_path"]) == {"a"}

@@ -21,6 +21,9 @@ import numpy as np
 MIN_CLUSTER_SIZE = 3
 #: Dimensions kept by the PCA before HDBSCAN.
 PCA_DIMS = 32
+#: Past this many files HDBSCAN runs on an evenly spaced sample of them and every other file takes
+#: the label of its nearest sampled file (FAISS): HDBSCAN's cost grows faster than linearly.
+MAX_SAMPLE = 20000
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -50,7 +53,19 @@ def cluster_units(vectors: np.ndarray, min_cluster_size: int = MIN_CLUSTER_SIZE)
     if n < max(2, min_cluster_size):
         return np.full(n, -1, np.int64)
     x = reduce(vectors)
-    raw = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, copy=True).fit_predict(x)
+    sample = np.arange(0, n, max(1, -(-n // MAX_SAMPLE)))
+    raw_sample = HDBSCAN(min_cluster_size=min_cluster_size, min_samples=1, copy=True).fit_predict(x[sample])
+    if len(sample) == n:
+        raw = raw_sample
+    else:
+        import faiss
+
+        xs = np.ascontiguousarray(x[sample], dtype=np.float32)
+        index = faiss.IndexFlatL2(xs.shape[1])
+        index.add(xs)
+        _, nearest = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        raw = raw_sample[nearest[:, 0]]
+        raw[sample] = raw_sample
     labels = np.full(n, -1, np.int64)
     order: dict[int, int] = {}
     for row, c in enumerate(raw):
