@@ -174,12 +174,34 @@ def accuracy(limit: int) -> str:
         Counter(f["production"] for f, c in zip(unexplained, kl[:, 0]) if c == j).most_common(1)[0][1]
         for j in set(kl[:, 0].tolist())
     ) / len(unexplained)
+    # HDBSCAN's one setting, on the same unexplained files (the post-pass uses MIN_CLUSTER_SIZE)
+    from matcher.insight.clusters import cluster_units
+
+    xs = np.stack([vecs[f["row"]] for f in unexplained])
+    sweep = []
+    for mcs in (3, 5, 10, 20):
+        lab = cluster_units(xs, mcs)
+        d_lab = [
+            int(lab[pos[f["path"]]]) if lab[pos[f["path"]]] >= 0 else -1 - i for i, f in enumerate(dis_un)
+        ]
+        ok = lab >= 0
+        pur = sum(
+            Counter(unexplained[i]["production"] for i in np.flatnonzero(lab == c)).most_common(1)[0][1]
+            for c in set(lab[ok].tolist())
+        ) / max(1, ok.sum())
+        ari_m = adjusted_rand_score([f["production"] for f in dis_un], d_lab)
+        sweep.append(
+            f"min_cluster_size {mcs}: {lab.max() + 1} clusters, {ok.mean():.0%} clustered, "
+            f"purity {pur:.1%}, ARI {ari_m:.3f}"
+        )
     lines += [
         "",
         f"Clusters of unexplained files ({len(unexplained)} files, {len(clustered)} clustered, "
         f"{len(cluster_recs)} clusters): HDBSCAN purity {purity:.1%}, ARI on the distractor "
         f"productions {ari:.3f} (noise counted as singletons); FAISS k-means with the oracle k={k}: "
         f"purity {km_purity:.1%}, ARI {km_ari:.3f}.",
+        "",
+        "HDBSCAN by min_cluster_size: " + "; ".join(sweep) + ".",
     ]
     return "\n".join(lines)
 

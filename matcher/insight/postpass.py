@@ -23,11 +23,16 @@ from matcher.insight.vectors import path_key, read_vectors, sidecar_path
 GROUP, CLUSTER, INSIGHT = "group", "cluster", "insight"
 
 
+_KEPT = ("path", "sha256", "status", "title", "confidence")
+
+
 def _latest_files(records: Iterable[dict]) -> dict[str, dict]:
+    """The current verdict of each path, only the fields the post-pass reads (a 100k-file report's
+    candidates and evidence would cost hundreds of MB)."""
     seen: dict[str, dict] = {}
     for rec in records:
         if rec.get("record") == "file":
-            seen[rec.get("path")] = rec
+            seen[rec.get("path")] = {k: rec.get(k) for k in _KEPT}
     return seen
 
 
