@@ -909,6 +909,8 @@ class DumpRun:
             for path, kind in ((self.csv_path, "csv"), (self.html, "html")):
                 if path:
                     rpt.check_ours(path, kind)  # before any work, not after the whole dump
+            # before any line is written: a vector file that is not ours stops the run
+            self.vector_log = insight_vectors.open_for(self.out, self.matcher, self.fsync)
             custody = self._custody()
             previous = self.report.section_run if self.report is not None else None
             if previous is not None and not self.new_section:
@@ -933,7 +935,6 @@ class DumpRun:
             self._progress_start(total)
             transform, self.embed_fn = _prep_fns(self.matcher)
             self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, transform)
-            self.vector_log = insight_vectors.open_for(self.out, self.matcher, self.fsync)
             self._loop(entries)
             self.stats.seconds = time.monotonic() - self.t0
             self.stats.crashes, self.stats.timeouts = self.pool.crashes, self.pool.timeouts

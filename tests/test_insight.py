@@ -232,3 +232,17 @@ def test_a_set_cut_off_before_its_insight_line_is_ignored():
     ]
     ins = load_insight(recs)
     assert ins["insight"]["digest"] == "d1" and set(ins["by_path"]) == {"a"}
+
+
+def test_a_foreign_file_where_the_vectors_go_stops_the_run_before_any_line(farm_index, tmp_path):
+    from matcher.report import ReportError
+
+    d = tmp_path / "dump"
+    write_frames(d, "Night Patrol", range(2))
+    out = tmp_path / "r.jsonl"
+    foreign = tmp_path / "r.jsonl.vectors"
+    foreign.write_bytes(b"someone's notes\n")
+    with Matcher.open(farm_index) as m, pytest.raises(ReportError, match="not this report's vector file"):
+        dump.run_dump(d, m, out=out, workers=1, quiet=True)
+    assert foreign.read_bytes() == b"someone's notes\n"
+    assert not out.exists() or out.read_bytes() == b""

@@ -29,19 +29,28 @@ def path_key(path: str) -> bytes:
 
 class VectorLog:
     def __init__(self, path: str | os.PathLike, dim: int, fsync: bool = True):
+        from matcher.report import ReportError as MatcherError  # the dump run's one-line, exit-2 error
+
         self.path, self.dim, self.fsync = os.fspath(path), int(dim), fsync
         self.row = 64 + 4 * self.dim
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise MatcherError(
+                f"{self.path}: cannot open the report's vector file: {e.strerror or e}"
+            ) from None
         size = os.fstat(self.fd).st_size
-        if size < 16:
-            os.ftruncate(self.fd, 0)
+        head = os.pread(self.fd, 16, 0)
+        if size == 0:
             os.pwrite(self.fd, MAGIC + struct.pack("<Q", self.dim), 0)
             size = 16
-        else:
-            head = os.pread(self.fd, 16, 0)
-            if head[:8] != MAGIC or struct.unpack("<Q", head[8:])[0] != self.dim:
-                os.close(self.fd)
-                raise ValueError(f"{self.path}: not a vector file of this model (header differs)")
+        elif head[:8] != MAGIC or len(head) < 16 or struct.unpack("<Q", head[8:])[0] != self.dim:
+            os.close(self.fd)
+            # never overwrite what is not ours, nor mix two models' vectors in one file
+            raise MatcherError(
+                f"{self.path}: not this report's vector file (another file, or another model's "
+                f"vectors): move it away or use another --out"
+            )
         whole = 16 + (size - 16) // self.row * self.row
         if whole != size:  # torn last row
             os.ftruncate(self.fd, whole)
