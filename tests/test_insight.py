@@ -154,6 +154,12 @@ def test_index_add_from_report_cluster_adds_exactly_that_cluster(dumped, farm_in
         ids = m.store.ids_of_title("Night Patrol")
         srcs = {os.path.basename(r.source) for r in m.store.references(ids).values()}
     assert srcs == {p["path"].split("/")[1] for p in night["members"]}
+    # the same from Python
+    api_idx = tmp_path / "api-idx"
+    shutil.copytree(farm_index, api_idx)
+    with Matcher.open(api_idx) as m:
+        assert m.add_cluster(out, night["cluster"], title="Night Patrol") == 8
+        assert m.info()["titles"] == {"Sunny Farm": 30, "Night Patrol": 8}
 
 
 def test_index_add_from_report_refuses_a_changed_file(dumped, farm_index, tmp_path):
@@ -246,3 +252,23 @@ def test_a_foreign_file_where_the_vectors_go_stops_the_run_before_any_line(farm_
         dump.run_dump(d, m, out=out, workers=1, quiet=True)
     assert foreign.read_bytes() == b"someone's notes\n"
     assert not out.exists() or out.read_bytes() == b""
+
+
+def test_embedded_dates_from_exif_and_containers(tmp_path):
+    from matcher.insight.timeline import exif_date, file_day, normalise_date
+
+    im = draw_frame("Ice Kingdom", 1)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:01 10:20:30"  # DateTimeOriginal
+    im.save(tmp_path / "a.jpg", exif=exif)
+    with Image.open(tmp_path / "a.jpg") as shot:
+        assert exif_date(shot) == "2024-05-01T10:20:30"
+    with Image.open(tmp_path / "a.jpg") as plain:
+        plain.save(tmp_path / "b.jpg")
+    with Image.open(tmp_path / "b.jpg") as b:
+        assert exif_date(b) is None
+    assert normalise_date("2023-11-14T22:13:20.000000Z") == "2023-11-14T22:13:20"  # video creation_time
+    assert normalise_date("0000:00:00 00:00:00") is None and normalise_date("<script>") is None
+    # the embedded date wins over the modification time
+    assert file_day({"embedded_date": "2024-05-01T10:20:30", "mtime": 1_700_000_000}) == "2024-05-01"
+    assert file_day({"embedded_date": None, "mtime": 1_700_000_000}) == "2023-11-14"
