@@ -807,11 +807,8 @@ def write_html(
             mc = f"{r['mean_confidence']:.3f}" if r["mean_confidence"] is not None else "–"
             w(f"<tr><td>{_e(r['title'])}</td><td>{r['files']}</td><td>{mc}</td><td>{r['unknown']}</td></tr>")
         w("</table></section>")
-        w(
-            insight_html.sections(
-                _e, _img, files, insight, thumb if len(files) <= max_thumb_items * 10 else None
-            )
-        )
+        # at most GROUPS_SHOWN x MEMBERS_SHOWN + CLUSTERS_SHOWN x 6 pictures, whatever the dump's size
+        w(insight_html.sections(_e, _img, files, insight, thumb))
         # matched, grouped by title
         w('<section id="matched"><h2>Matched files</h2>')
         order = sorted(by_title, key=lambda t: (-len(by_title[t]), t))
