@@ -323,6 +323,14 @@ class Matcher:
                 self.store.set_memory_budget(int(memory_budget))
             return self._add(items, title, episode, every, names, on_error, seed, on_still, engine, address)
 
+    def add_cluster(self, report: str | os.PathLike, cluster: int, title: str, **options) -> int:
+        """Index exactly the files of one cluster of unknown files of a dump report under ``title``
+        (`matcher index add --from-report R --cluster N`); each file must still have the sha256
+        the report recorded. Returns the number of stills added."""
+        from matcher.insight.postpass import cluster_sources
+
+        return self.add(cluster_sources(report, cluster), title=title, **options)
+
     def _add(self, items, title, episode, every, names, on_error, seed, on_still, engine, address) -> int:
         self._probes()  # a damaged probe file stops the add before any still is decoded
         rng = np.random.default_rng(seed + self.store.count)

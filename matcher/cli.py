@@ -141,8 +141,12 @@ def _check_environment() -> None:
 
 @index_app.command("add")
 def index_add(
-    paths: list[Path] = typer.Argument(..., help="Images, directories (recursive) or videos."),
+    paths: list[Path] | None = typer.Argument(None, help="Images, directories (recursive) or videos."),
     title: str = typer.Option(..., "--title", help="Production these stills belong to."),
+    from_report: Path | None = typer.Option(
+        None, "--from-report", help="A dump report (JSONL): add the files of one of its clusters."
+    ),
+    cluster: int | None = typer.Option(None, "--cluster", help="With --from-report: the cluster to add."),
     index: Path | None = IndexOpt,
     model: str | None = typer.Option(
         None,
@@ -171,6 +175,19 @@ def index_add(
         budget = ann.parse_bytes(memory_budget)
     except ValueError as exc:
         _die(f"--memory-budget: {exc}")
+    if (from_report is None) != (cluster is None):
+        _die("--from-report and --cluster go together")
+    if from_report is not None:
+        if paths:
+            _die("give either files or --from-report/--cluster, not both")
+        from matcher.insight.postpass import cluster_sources
+
+        try:
+            paths = cluster_sources(from_report, cluster)
+        except MatcherError as exc:
+            _die(str(exc))
+    if not paths:
+        _die("nothing to add: give images, directories or videos, or --from-report and --cluster")
 
     def report(exc):
         same_title = isinstance(exc, DuplicateInput) and exc.other_title is None

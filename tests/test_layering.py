@@ -18,7 +18,7 @@ LAYERS = [
     ("matcher.embed",),
     ("matcher.score",),
     ("matcher.search",),
-    ("matcher.write",),
+    ("matcher.write", "matcher.insight"),  # the report shows the insight, which reads reports
     ("matcher.run",),
     ("matcher.api",),
     ("matcher.serve",),

@@ -55,6 +55,8 @@ from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's vie
 )
 from matcher.decode.sources import walk_dump as walk
 from matcher.errors import ItemError
+from matcher.insight import vectors as insight_vectors
+from matcher.insight.timeline import exif_date, normalise_date
 from matcher.run.pool import WorkerPool, worker_transform
 from matcher.write import report as rpt
 
@@ -181,6 +183,7 @@ def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
         raise FileProblem(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
         raise FileProblem(f"corrupt {fmt_hint} image: {e}") from None
+    out["embedded_date"] = exif_date(im) if task.start == 0 else None  # timeline (matcher.insight)
 
     def check(size):
         w, h = size
@@ -261,6 +264,7 @@ def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
     with container:
         if not container.streams.video:
             raise FileProblem(f"no video stream in {desc} file")
+        out["embedded_date"] = normalise_date((container.metadata or {}).get("creation_time"))
         stream = container.streams.video[0]
         cc = stream.codec_context
         w, h = int(cc.width or 0), int(cc.height or 0)
@@ -481,6 +485,8 @@ class _FileState:
     decoding: bool = True
     identity: tuple | None = None
     final: bool = False
+    embedded_date: str | None = None
+    vectors: list = field(default_factory=list)  # embeddings of its parts, for the insight post-pass
 
 
 @dataclass
@@ -494,6 +500,7 @@ class DumpStats:
     summary: dict | None = None
     crashes: int = 0
     timeouts: int = 0
+    insight: dict | None = None  # the report's `insight` record (groups, clusters)
 
     @property
     def rate(self) -> float:
@@ -513,13 +520,16 @@ def _prep_fns(matcher):
     return prep(emb)
 
 
-def _match_images(matcher, images: list, min_confidence: float | None = None, embed=None) -> list:
+def _match_images(
+    matcher, images: list, min_confidence: float | None = None, embed=None, vectors_out: list | None = None
+) -> list:
     """MatchResults for a batch of images (embedded together, scored together). ``embed`` embeds
-    images already prepared by the workers' transform."""
-    if embed is not None:
-        return list(matcher.match_vectors(embed(images), min_confidence=min_confidence))
-    if hasattr(matcher, "match_vectors") and hasattr(matcher, "embedder"):
-        return list(matcher.match_vectors(matcher.embedder.embed(images), min_confidence=min_confidence))
+    images already prepared by the workers' transform; ``vectors_out`` receives the embeddings."""
+    if embed is not None or (hasattr(matcher, "match_vectors") and hasattr(matcher, "embedder")):
+        vecs = embed(images) if embed is not None else matcher.embedder.embed(images)
+        if vectors_out is not None:
+            vectors_out.extend(vecs)
+        return list(matcher.match_vectors(vecs, min_confidence=min_confidence))
     return list(matcher.match_many(images, min_confidence=min_confidence))
 
 
@@ -693,6 +703,7 @@ class DumpRun:
         self.new_section = new_section
         self.memory_records: list[dict] = []
         self.embed_fn = None
+        self.vector_log = None
         self.stats = DumpStats()
 
     # -- records --------------------------------------------------------------------------------------
@@ -706,7 +717,11 @@ class DumpRun:
 
     def _file_record(self, st: _FileState, **fields) -> dict:
         size = st.size if st.size is not None else st.entry.size
-        return self._record(st, rpt.FILE, size, **fields)
+        rec = self._record(st, rpt.FILE, size, **fields)
+        # insight hook: when the file was written (mtime) and made (embedded date), for the timeline
+        rec["mtime"] = st.identity[1] / 1e9 if st.identity else None
+        rec["embedded_date"] = st.embedded_date
+        return rec
 
     @staticmethod
     def _record(st: _FileState, record: str | None, size, **fields) -> dict:
@@ -737,6 +752,8 @@ class DumpRun:
             self._advance()
             return
         self._write(rec)
+        if self.vector_log is not None and st.vectors and rec.get("sha256"):
+            insight_vectors.keep(self.vector_log, rec, st.vectors)
         if self.on_record is not None:
             self.on_record(rec)
         self.stats.written += 1
@@ -828,6 +845,8 @@ class DumpRun:
             for path, kind in ((self.csv_path, "csv"), (self.html, "html")):
                 if path:
                     rpt.check_ours(path, kind)  # before any work, not after the whole dump
+            # before any line is written: a vector file that is not ours stops the run
+            self.vector_log = insight_vectors.open_for(self.out, self.matcher, self.fsync)
             custody = self._custody()
             previous = self.report.section_run if self.report is not None else None
             if previous is not None and not self.new_section:
@@ -864,6 +883,8 @@ class DumpRun:
                 def records():
                     return iter(self.memory_records)
 
+            # groups and clusters come before the summary, which stays the report's last line
+            self.stats.insight = self._insight(records)
             summary = rpt.summarize(rpt.latest_file_records(records(), slim=True))
             summary["run"] = {
                 "files_seen": self.stats.files,
@@ -888,14 +909,30 @@ class DumpRun:
                 self.pool.close(graceful=ok)
             if self.csvw is not None:
                 self.csvw.close()
+            if self.vector_log is not None:
+                self.vector_log.close()
             if self.report is not None:
                 self.report.close()
+
+    def _insight(self, records) -> dict | None:
+        """Hook: shot groups and clusters of unknown files, appended after the per-file pass."""
+        store = getattr(self.matcher, "store", None)
+        if not self.out or store is None:
+            return None
+        from matcher.insight.postpass import run_postpass
+
+        threshold = self.min_confidence
+        if threshold is None:
+            threshold = self.custody_info.get("threshold") or 0.5
+        coverage = getattr(getattr(self.matcher, "embedder", None), "coverage", None)
+        return run_postpass(self.out, records, store, float(threshold), self._write, coverage)
 
     def _exclude_outputs(self, entries: Iterator[Entry]) -> Iterator[Entry]:
         """This run's own report files may sit inside the dump: list them, never match them. Also
         counts the entries and remembers the real bytes of names that are not valid UTF-8."""
         mine = set()
-        for p in (self.out, self.csv_path, self.html):
+        sidecar = insight_vectors.sidecar_path(self.out) if self.out else None
+        for p in (self.out, self.csv_path, self.html, sidecar):
             if p:
                 real = os.path.realpath(os.fsencode(os.fspath(p)))
                 mine.update({real, real + b".tmp"})
@@ -975,6 +1012,7 @@ class DumpRun:
             st.fmt = res.get("format")
             st.multi = bool(res.get("multi"))
             st.identity = res.get("identity")
+            st.embedded_date = res.get("embedded_date")
             if self.report is not None and st.multi:
                 st.existing = dict(self.report.parts_of(st.entry.rel, st.sha256))
         if res.get("note") and res["note"] not in st.notes:
@@ -1028,10 +1066,11 @@ class DumpRun:
             return
         batch, self.queue = self.queue, []
         images = [im for _, _, im in batch]
+        vecs: list = []
         try:
-            results = _match_images(self.matcher, images, self.min_confidence, self.embed_fn)
+            results = _match_images(self.matcher, images, self.min_confidence, self.embed_fn, vecs)
         except Exception as e:  # noqa: BLE001 - one bad batch must not end the run: retry one by one
-            results = []
+            results, vecs = [], []
             for im in images:
                 try:
                     results.extend(_match_images(self.matcher, [im], self.min_confidence, self.embed_fn))
@@ -1040,8 +1079,10 @@ class DumpRun:
             del e
         self.stats.stills += len(images)
         touched = []
-        for (st, meta, _), r in zip(batch, results, strict=True):
+        for n, ((st, meta, _), r) in enumerate(zip(batch, results, strict=True)):
             st.outstanding -= 1
+            if len(vecs) == len(batch) and not isinstance(r, Exception):
+                st.vectors.append(vecs[n])
             if isinstance(r, Exception):
                 fields = {"status": "error", "reason": f"matching failed: {one_line(r)}"}
             else:

@@ -754,9 +754,15 @@ def write_html(
         else:
             other.append(rec)
 
+    # insight hook: shot groups, clusters of unknown files, timeline (matcher.insight)
+    from matcher.insight import html as insight_html
+    from matcher.insight.postpass import load_insight
+
+    insight = load_insight(source())
+    css = _CSS + insight_html.CSS
     csp = (
         "default-src 'none'; img-src data:; "
-        f"style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_JS)}; "
+        f"style-src {_csp_hash(css)}; script-src {_csp_hash(_JS)}; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     tmp = out.with_name(out.name + ".tmp")
@@ -766,7 +772,7 @@ def write_html(
         w("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>")
         w(f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">')
         w('<meta name="referrer" content="no-referrer">')
-        w(f"<title>matcher evidence report</title><style>{_CSS}</style></head><body>")
+        w(f"<title>matcher evidence report</title><style>{css}</style></head><body>")
         # chain of custody
         w('<header id="custody"><h1>matcher evidence report</h1><table>')
         for k, v in custody.items():
@@ -801,6 +807,8 @@ def write_html(
             mc = f"{r['mean_confidence']:.3f}" if r["mean_confidence"] is not None else "–"
             w(f"<tr><td>{_e(r['title'])}</td><td>{r['files']}</td><td>{mc}</td><td>{r['unknown']}</td></tr>")
         w("</table></section>")
+        # at most GROUPS_SHOWN x MEMBERS_SHOWN + CLUSTERS_SHOWN x 6 pictures, whatever the dump's size
+        w(insight_html.sections(_e, _img, files, insight, thumb))
         # matched, grouped by title
         w('<section id="matched"><h2>Matched files</h2>')
         order = sorted(by_title, key=lambda t: (-len(by_title[t]), t))
