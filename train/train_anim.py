@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt-min", type=float, default=4.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-devcheck", action="store_true", help="skip the dev check after training")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, ckpt)
             last_ckpt = time.perf_counter()
     log(args.out, f"done: {step} steps, {seen} frames, {elapsed / 60:.1f} min")
+    if args.no_devcheck:
+        return 0
     import devcheck
 
     res = devcheck.run(net.eval(), args.data, device=device)
