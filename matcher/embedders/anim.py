@@ -31,7 +31,7 @@ from matcher.embedders.classic import _PREPARED, _SIDE, ClassicEmbedder
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "anim-v1.safetensors"
 # sha256 of the shipped weights; train/export_anim.py prints it. A mismatch is a corrupt or altered file.
-WEIGHTS_SHA256 = "2b3b981e15aa68ded0984bebfcaabae335278e69e8f52eb7d53f56d1db0afff1"
+WEIGHTS_SHA256 = "b53206659123af60b995e55bbc57eb795c102d0914d92318cd7d917492b077e2"
 FORMAT = "matcher-anim-ops-v1"
 
 
@@ -353,4 +353,4 @@ class FusedEmbedder:
         return np.concatenate([self._wa * a, self._wc * c], axis=1).astype(np.float32)
 
 
-FUSION_WEIGHT = 0.5
+FUSION_WEIGHT = 0.3
