@@ -14,7 +14,8 @@ Stages:
   embed   images/s on 1080p PNG stills for classic and clip:ViT-B-32 (random-init weights): the
           pipeline (matcher.run.pipeline) against the decode-only floor, the model's pure forward time
           on pre-decoded tensors, and a naive one-image-at-a-time loop.
-  e2e     `matcher match cel.png` wall time and peak memory on a 10k-still classic index, and
+  e2e     `matcher match cel.png` wall time and peak memory on a 10k-still index (--model: classic,
+          anim, anim+classic), and
           `matcher match DIR` files/s on 1,000 files.
   pipeline  issue 16: `index add DIR` and `match DIR` files/s (100 960x540 PNG, classic) against
           decode-only, `match cel.png` on a 1k index and its imports; with --baseline DIR (a checkout
@@ -627,13 +628,13 @@ def run_cli(args: list[str], pycache: Path | None = None, cwd: Path = ROOT) -> d
     return {"wall_s": wall, "peak_mb": main_mb, "workers_peak_mb": kids_mb, "stdout": out.stdout}
 
 
-def build_classic_index(root: Path, n: int, titles: int = 10) -> Path:
-    """A classic index of n stills over `titles` productions (small drawn frames, each title with
-    its own palette), built through the public API."""
+def build_classic_index(root: Path, n: int, titles: int = 10, model: str = "classic") -> Path:
+    """An index of n stills over `titles` productions (small drawn frames, each title with its own
+    palette), built through the public API."""
     from matcher.api import Matcher
 
     rng = np.random.default_rng(7)
-    m = Matcher.create(root / "index", model="classic")
+    m = Matcher.create(root / "index", model=model)
     per = n // titles
     for t in range(titles):
         palette = rng.integers(0, 256, (5, 3))
@@ -644,14 +645,14 @@ def build_classic_index(root: Path, n: int, titles: int = 10) -> Path:
     return root / "index"
 
 
-def bench_e2e(workdir: Path, n_index: int, n_files: int) -> dict:
+def bench_e2e(workdir: Path, n_index: int, n_files: int, model: str = "classic") -> dict:
     # A snapshot of the package: the index build and every CLI run use the same code even if the
     # working tree changes during the run (a changed classic descriptor makes the index unusable).
     import shutil
 
     snap = workdir / "snapshot"
     shutil.copytree(ROOT / "matcher", snap / "matcher", ignore=shutil.ignore_patterns("__pycache__"))
-    log(f"e2e: building a {n_index}-still classic index")
+    log(f"e2e: building a {n_index}-still {model} index")
     t = time.perf_counter()
     code = (
         "import importlib.util, sys\n"
@@ -659,11 +660,11 @@ def bench_e2e(workdir: Path, n_index: int, n_files: int) -> dict:
         "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
         f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
         f"sys.path.insert(0, {str(snap)!r})\n"
-        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index})\n"
+        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index}, model={model!r})\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=snap, check=True)
     index = workdir / "index"
-    res: dict = {"n_index": n_index, "build_s": time.perf_counter() - t}
+    res: dict = {"n_index": n_index, "build_s": time.perf_counter() - t, "model": model}
     cel = workdir / "cel.png"
     draw_still(np.random.default_rng(123), (1920, 1080)).save(cel)
     # floor: the interpreter itself
@@ -699,7 +700,8 @@ def report_e2e(res: dict) -> str:
     one, d = res["match_one"], res["match_dir"]
     return "\n".join(
         [
-            f"Classic index of {res['n_index']:,} stills (10 titles), built through `Matcher.add` in "
+            f"{res.get('model', 'classic')} index of {res['n_index']:,} stills (10 titles), built through "
+            "`Matcher.add` in "
             f"{res['build_s']:.0f} s.",
             "",
             "| command | wall | floor | peak RSS (main / worker) |",
@@ -1183,6 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one)")
     ap.add_argument("--baseline", type=Path, help="pipeline stage: a checkout to time against this tree")
     ap.add_argument("--rounds", type=int, default=3, help="pipeline stage: interleaved rounds")
+    ap.add_argument("--model", default="classic", help="e2e: the index's model (classic, anim, anim+classic)")
     args = ap.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     sizes = (
@@ -1203,7 +1206,8 @@ def main(argv: list[str] | None = None) -> int:
             results["embed"] = bench_embed(16 if args.quick else 96, workdir, which)
             sections += ["", "### Embedding throughput", "", report_embed(results["embed"])]
         if "e2e" in stages:
-            results["e2e"] = bench_e2e(workdir, 1000 if args.quick else 10_000, 100 if args.quick else 1000)
+            n_idx, n_files = (1000, 100) if args.quick else (10_000, 1000)
+            results["e2e"] = bench_e2e(workdir, n_idx, n_files, model=args.model)
             sections += ["", "### End to end", "", report_e2e(results["e2e"])]
         if "pipeline" in stages:
             results["pipeline"] = bench_pipeline(workdir, args.baseline, 1000, 100, args.rounds)

@@ -122,19 +122,17 @@ def candidates(root: Path) -> list[tuple[str, str, bytes | Path]]:
 
 def provenance(package: str) -> dict:
     debs = sorted(extract_styles.DEBS.glob(f"{package}_*.deb"))
-    root = extract_styles.STYLES / package
-    if debs:
-        deb = debs[-1]
-        return {
-            "package": package,
-            "version": extract_styles.deb_field(deb, "Version"),
-            "deb_sha256": extract_styles.sha256_file(deb),
-            "licence": extract_styles.licences(root / "usr" / "share" / "doc" / package / "copyright"),
-        }
-    recorded = root / extract_styles.PROVENANCE
-    if recorded.is_file():
-        return json.loads(recorded.read_text())
-    raise SystemExit(f"{package}: no .deb in {extract_styles.DEBS} and no {extract_styles.PROVENANCE}")
+    if not debs:
+        raise SystemExit(f"{package}: no .deb in {extract_styles.DEBS} (apt-get download it there)")
+    deb = debs[-1]
+    copyright_file = extract_styles.STYLES / package / "usr" / "share" / "doc" / package / "copyright"
+    text = copyright_file.read_text(errors="replace") if copyright_file.is_file() else ""
+    return {
+        "package": package,
+        "version": extract_styles.deb_field(deb, "Version"),
+        "deb_sha256": extract_styles.sha256_file(deb),
+        "licence": extract_styles.licences(text),
+    }
 
 
 def main() -> None:

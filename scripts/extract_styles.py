@@ -1,16 +1,18 @@
-#!/usr/bin/env python
-"""Unpack the Debian style packages in ~/.cache/matcher/debs into ~/.cache/matcher/styles/<package>/.
+"""Extract the Debian art packages (training styles / background sources) and record their provenance.
 
-Shared by the background set (scripts/build_background.py, issue 14) and the learned embedder's
-training data (issue 15); both may run this script at the same time, so each package is unpacked into
-a temporary sibling folder and renamed into place in one step, and a package already in place is skipped.
-Next to the files, ``PROVENANCE.json`` records the package, version, sha256 of the .deb and the licence
-(the ``License:`` fields of usr/share/doc/<package>/copyright).
+    python scripts/extract_styles.py [--debs ~/.cache/matcher/debs] [--out ~/.cache/matcher/styles]
+                                     [--manifest train/styles_manifest.json] [PACKAGE ...]
 
-    .venv/bin/python scripts/extract_styles.py [PACKAGE ...]      # default: every .deb in the folder
+Each `<package>_<version>_all.deb` in the debs folder is unpacked with `dpkg-deb -x` into
+`<out>/<package>/`; the manifest records package, version, sha256 of the .deb and the licence text
+found in `usr/share/doc/<package>/copyright` (the first `License:` lines and the full file's sha256).
 
-The benchmark's packages and the ones reserved for independent evaluation are refused: they must never
-reach a background set or a training set.
+Two engineers may run this at the same time (the background set and the training set both read these
+folders), so every package is unpacked into a temporary sibling folder and renamed into place in one
+step; a package already in place is skipped, and a rename that loses the race keeps the winner's copy.
+
+Packages used by the accuracy benchmark or reserved for independent evaluation are refused: training
+or tuning on them would make the benchmark lie.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 CACHE = Path(os.environ.get("MATCHER_CACHE", Path.home() / ".cache" / "matcher"))
 DEBS = CACHE / "debs"
 STYLES = CACHE / "styles"
-PROVENANCE = "PROVENANCE.json"
-# benchmark productions/distractors (scripts/fetch_data.py) and packages reserved for independent evaluation
+# The benchmark's productions and the sources reserved for independent evaluation: never extracted here.
 FORBIDDEN = {
     "planetblupi-common",
     "wesnoth-1.16-data",
@@ -44,12 +46,6 @@ FORBIDDEN = {
 }
 
 
-def deb_field(deb: Path, name: str) -> str:
-    return subprocess.run(
-        ["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -58,80 +54,115 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-FREE_FORM = {  # licence names looked for in copyright files that are not machine-readable (DEP-5)
-    "GPL": r"GNU General Public License|\bGPL\b",
-    "LGPL": r"GNU Lesser General Public License|GNU Library General Public License|\bLGPL\b",
-    "Artistic": r"Artistic License",
-    "CC-BY-SA": r"Creative Commons Attribution[- ]Share[- ]?Alike|CC[- ]BY[- ]SA",
-    "CC-BY": r"Creative Commons Attribution(?![- ]Share)|CC[- ]BY(?![- ]SA)",
-    "zlib": r"provided 'as-is', without any express or implied",
-    "public domain": r"public domain",
-}
+def deb_field(deb: Path, name: str) -> str:
+    """A control field of a .deb (``Version``, ``Package``)."""
+    return subprocess.run(
+        ["dpkg-deb", "-f", str(deb), name], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
-def licences(copyright_file: Path) -> list[str]:
-    """The licences of a package: the distinct ``License:`` names of a DEP-5 copyright file, else the
-    licences a free-form one names (FREE_FORM)."""
-    if not copyright_file.is_file():
-        return []
-    text = copyright_file.read_text(errors="replace")
-    found = {m.strip() for m in re.findall(r"^License:\s*(\S.*)$", text, flags=re.M)}
-    # a free-form file may start a sentence with "License:" too: those are prose, not a licence name
-    found = sorted(f for f in found if not f.startswith(("Files:", "This ")) and len(f) <= 60)
-    if found:
-        return found
-    return [name for name, pattern in FREE_FORM.items() if re.search(pattern, text, flags=re.I)]
+def parse_deb_name(path: Path) -> tuple[str, str]:
+    """(package, version) from `pkg_version_arch.deb` (apt-get download escapes ':' as %3a)."""
+    parts = path.name[: -len(".deb")].split("_")
+    if len(parts) != 3:
+        raise ValueError(f"{path}: not a Debian package file name (package_version_arch.deb)")
+    return parts[0], unquote(parts[1])
 
 
-def extract(deb: Path) -> Path:
-    package = deb_field(deb, "Package")
+def licences(copyright_text: str) -> list[str]:
+    """Licence names of a debian/copyright: the distinct `License:` short names of a machine-readable
+    (DEP-5) file, else the licences its free text names (keywords), in order of first mention."""
+    if copyright_text.lstrip().startswith("Format:"):
+        seen: list[str] = []
+        for m in re.finditer(r"^License:\s*(.+)$", copyright_text, flags=re.M):
+            name = m.group(1).strip()
+            if name and name not in seen:
+                seen.append(name)
+        return seen
+    low = copyright_text.lower()
+    found = [(low.find(k), name) for k, name in _KEYWORDS if k in low]
+    return list(dict.fromkeys(name for _, name in sorted(found)))
+
+
+_KEYWORDS = [
+    ("public domain", "public-domain"),
+    ("cc0", "CC0-1.0"),
+    ("gnu general public license", "GPL"),
+    ("gnu lesser general public license", "LGPL"),
+    ("version 2 of the license", "GPL-2+"),
+    ("version 3 of the license", "GPL-3+"),
+    ("creative commons attribution-sharealike", "CC-BY-SA"),
+    ("artistic license", "Artistic"),
+    ("zlib", "Zlib"),
+    ("provided 'as-is'", "Zlib"),
+]
+
+
+def extract(deb: Path, out_root: Path) -> dict:
+    package, version = parse_deb_name(deb)
     if package in FORBIDDEN:
-        raise SystemExit(
-            f"{deb.name}: {package} is a benchmark or reserved package; it is never extracted here"
-        )
-    target = STYLES / package
-    if target.is_dir():  # unpacked already (perhaps by the other script: same layout, same rename rule)
-        return target
-    STYLES.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{package}.", dir=STYLES))
-    try:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
-        info = {
-            "package": package,
-            "version": deb_field(deb, "Version"),
-            "deb": deb.name,
-            "deb_sha256": sha256_file(deb),
-            "licence": licences(tmp / "usr" / "share" / "doc" / package / "copyright"),
-            "copyright_file": f"usr/share/doc/{package}/copyright",
-        }
-        (tmp / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
+        raise ValueError(f"{deb.name}: {package} is a benchmark or reserved package; never extracted here")
+    target = out_root / package
+    if not target.exists():
+        out_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{package}.", dir=out_root))
         try:
-            os.rename(tmp, target)
-        except OSError:  # another process put it in place first: theirs is as good as ours
-            if not target.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not target.exists():  # not a lost race: a real failure
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    copyright_path = target / "usr" / "share" / "doc" / package / "copyright"
+    text = copyright_path.read_text(errors="replace") if copyright_path.is_file() else ""
+    doc_link = target / "usr" / "share" / "doc" / package
+    # some packages link their doc folder to a sibling package's (crawl-tiles-data -> crawl-common)
+    note = f"copyright in {os.readlink(doc_link)} (not in this .deb)" if doc_link.is_symlink() else None
+    return {
+        "package": package,
+        "version": version,
+        "deb": deb.name,
+        "deb_sha256": sha256_file(deb),
+        "licences": licences(text),
+        "copyright_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None,
+        "copyright_note": note,
+        "path": str(target),
+    }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("packages", nargs="*", help="package names (default: every .deb in the debs folder)")
-    args = ap.parse_args()
-    debs = sorted(DEBS.glob("*.deb"))
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("packages", nargs="*", help="only these packages (default: every .deb in --debs)")
+    ap.add_argument("--debs", type=Path, default=DEBS)
+    ap.add_argument("--out", type=Path, default=STYLES)
+    ap.add_argument("--manifest", type=Path, default=None, help="write the provenance records here (JSON)")
+    args = ap.parse_args(argv)
+    debs = sorted(args.debs.glob("*.deb"))
     if args.packages:
-        debs = [d for d in debs if d.name.split("_")[0] in args.packages]
-        missing = set(args.packages) - {d.name.split("_")[0] for d in debs}
+        debs = [d for d in debs if parse_deb_name(d)[0] in set(args.packages)]
+        missing = set(args.packages) - {parse_deb_name(d)[0] for d in debs}
         if missing:
-            sys.exit(f"no .deb in {DEBS} for: {', '.join(sorted(missing))} (apt-get download them there)")
+            print(f"error: no .deb in {args.debs} for: {', '.join(sorted(missing))}", file=sys.stderr)
+            return 2
+    records = []
     for deb in debs:
-        if deb.name.split("_")[0] in FORBIDDEN:
-            print(f"skipped {deb.name}: benchmark or reserved package", file=sys.stderr)
-            continue
-        print(extract(deb), flush=True)
+        try:
+            rec = extract(deb, args.out)
+        except (ValueError, subprocess.CalledProcessError, OSError) as exc:
+            print(f"error: {deb}: {exc}", file=sys.stderr)
+            return 2
+        records.append(rec)
+        print(f"{rec['package']} {rec['version']}: {', '.join(rec['licences']) or 'no licence found'}")
+    if args.manifest:
+        for rec in records:
+            rec.pop("path")
+        args.manifest.parent.mkdir(parents=True, exist_ok=True)
+        args.manifest.write_text(json.dumps(records, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,8 @@ Every embedder has the same small interface (see `Embedder`): `spec`, `dim`, `fi
 - ``clip``           ``clip:ViT-B-32`` with the ``laion2b_s34b_b79k`` weights
 - ``clip:ARCH``      any open_clip architecture; weights from ``pretrained`` (an open_clip tag, fetched
                      once into the models dir, or a local checkpoint file for air-gapped machines)
+- ``anim``           matcher's own learned embedder (weights shipped in the package, run by numpy)
+- ``anim+classic``   anim fused with classic (``anim+classic:W`` sets anim's weight W in 0..1)
 
 New families plug in with `register_embedder` (the benchmark registers its peer descriptors this way).
 """
@@ -64,8 +66,32 @@ def _clip(variant: str | None, pretrained: str | None = None, models_dir=None, d
     return ClipEmbedder(arch, pretrained=pretrained, models_dir=models_dir, device=device)
 
 
+def _anim(variant: str | None, pretrained: str | None = None, **_options) -> Embedder:
+    from matcher.embed.anim import AnimEmbedder
+
+    if variant:
+        raise EmbedderError(f"unknown anim variant {variant!r}: use 'anim' or 'anim+classic'")
+    return AnimEmbedder(pretrained)
+
+
+def _anim_classic(variant: str | None, pretrained: str | None = None, **_options) -> Embedder:
+    from matcher.embed.anim import FUSION_WEIGHT, AnimEmbedder, FusedEmbedder
+
+    weight = FUSION_WEIGHT
+    if variant:
+        try:
+            weight = float(variant)
+        except ValueError:
+            weight = -1.0
+        if not 0.0 < weight < 1.0:
+            raise EmbedderError(f"anim+classic:{variant}: the anim weight must be a number between 0 and 1")
+    return FusedEmbedder(AnimEmbedder(pretrained), weight, explicit=bool(variant))
+
+
 register_embedder("classic", _classic)
 register_embedder("clip", _clip)
+register_embedder("anim", _anim)
+register_embedder("anim+classic", _anim_classic)
 
 
 def create_embedder(spec: str, **options) -> Embedder:
