@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from matcher import Matcher
 from matcher.api import MatcherError
-from matcher.score.calibration import make_sketch
 from matcher.cli import app
 from matcher.embed import EmbedderError, anim, create_embedder
+from matcher.score.calibration import make_sketch
 
 CC0 = Path(__file__).parent / "data" / "cc0"
 

@@ -35,14 +35,6 @@ WEIGHTS_SHA256 = "b53206659123af60b995e55bbc57eb795c102d0914d92318cd7d917492b077
 FORMAT = "matcher-anim-ops-v1"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_weights(path: Path, expected_sha256: str | None) -> tuple[list[dict], dict[str, np.ndarray], str]:
     """(ops, float32 tensors, sha256) of an exported weights file; EmbedderError with one line otherwise."""
     from safetensors import SafetensorError

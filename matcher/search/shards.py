@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.decode.sources import file_sha256
 from matcher.errors import MatcherError
 from matcher.search import ann
 from matcher.search.store import Reference, ReferenceStore, StoreError
@@ -49,14 +50,6 @@ def shard_rng(shard_id: str, vectors: np.ndarray) -> np.random.Generator:
     h = hashlib.sha256(str(shard_id).encode())
     h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
     return np.random.default_rng(int.from_bytes(h.digest()[:8], "little"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic(path: Path, write) -> None:
@@ -92,14 +85,14 @@ def write_shard(
     files = {}
     npy = base.with_suffix(".npy")
     _atomic(npy, lambda f: np.save(f, vectors, allow_pickle=False))
-    files[npy.name] = _sha256(npy)
+    files[npy.name] = file_sha256(npy)
     lines = []
     for r in records:
         row = asdict(r) if isinstance(r, Reference) else dict(r)
         lines.append(json.dumps({k: row.get(k) for k in _RECORD_FIELDS}, ensure_ascii=True))
     jsonl = base.with_suffix(".jsonl")
     _atomic(jsonl, lambda f: f.write(("\n".join(lines) + "\n" if lines else "").encode()))
-    files[jsonl.name] = _sha256(jsonl)
+    files[jsonl.name] = file_sha256(jsonl)
     if probes is not None:
         pz = directory / f"shard-{shard_id}.probes.npz"
         arrays = {
@@ -108,7 +101,7 @@ def write_shard(
             "kinds": np.asarray(probes["kinds"], dtype=str),
         }
         _atomic(pz, lambda f: np.savez(f, **arrays))
-        files[pz.name] = _sha256(pz)
+        files[pz.name] = file_sha256(pz)
     doc = {"shard": shard_id, "count": len(vectors), "dim": int(vectors.shape[1]), "files": files}
     _atomic(marker, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True).encode()))
     return marker
@@ -191,7 +184,7 @@ def read_shards(directory: str | os.PathLike, verify: bool = True) -> list[Shard
                 path = directory / name
                 if not path.is_file():
                     raise ShardError(f"{path}: missing shard file (named by {marker.name})")
-                if _sha256(path) != digest:
+                if file_sha256(path) != digest:
                     raise ShardError(f"{path}: shard file damaged: its sha256 differs from {marker.name}")
         shards.append(shard)
     if not shards:

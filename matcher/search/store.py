@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.decode.sources import file_sha256
 from matcher.errors import MatcherError
 from matcher.search import ann
 
@@ -170,14 +171,6 @@ def _save_cache(updates: dict) -> None:
         pass
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_digest(path: Path, cache: dict | None = None, updates: dict | None = None) -> tuple[str, int]:
     """(sha256, size) of a file, from the cache when its identity (inode, size, mtime, ctime) is
     unchanged since it was last hashed."""
@@ -185,7 +178,7 @@ def file_digest(path: Path, cache: dict | None = None, updates: dict | None = No
     key = _identity(path, st)
     if cache is not None and isinstance(cache.get(key), str):
         return cache[key], st.st_size
-    digest = _sha256_file(path)
+    digest = file_sha256(path)
     if os.stat(path).st_mtime_ns == st.st_mtime_ns and updates is not None:
         updates[key] = digest
     return digest, st.st_size
