@@ -34,7 +34,7 @@ import numpy as np
 from matcher.decode.sources import file_sha256
 from matcher.errors import MatcherError
 from matcher.search import ann
-from matcher.search.store import Reference, ReferenceStore, StoreError
+from matcher.search.store import Reference, ReferenceStore, StoreError, write_durably
 
 SHARD_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _RECORD_FIELDS = ("title", "source", "sha256", "timestamp", "episode", "timestamp_end")
@@ -50,15 +50,6 @@ def shard_rng(shard_id: str, vectors: np.ndarray) -> np.random.Generator:
     h = hashlib.sha256(str(shard_id).encode())
     h.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
     return np.random.default_rng(int.from_bytes(h.digest()[:8], "little"))
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_shard(
@@ -84,14 +75,14 @@ def write_shard(
     marker.unlink(missing_ok=True)  # not done until written again
     files = {}
     npy = base.with_suffix(".npy")
-    _atomic(npy, lambda f: np.save(f, vectors, allow_pickle=False))
+    write_durably(npy, lambda f: np.save(f, vectors, allow_pickle=False))
     files[npy.name] = file_sha256(npy)
     lines = []
     for r in records:
         row = asdict(r) if isinstance(r, Reference) else dict(r)
         lines.append(json.dumps({k: row.get(k) for k in _RECORD_FIELDS}, ensure_ascii=True))
     jsonl = base.with_suffix(".jsonl")
-    _atomic(jsonl, lambda f: f.write(("\n".join(lines) + "\n" if lines else "").encode()))
+    write_durably(jsonl, lambda f: f.write(("\n".join(lines) + "\n" if lines else "").encode()))
     files[jsonl.name] = file_sha256(jsonl)
     if probes is not None:
         pz = directory / f"shard-{shard_id}.probes.npz"
@@ -100,10 +91,10 @@ def write_shard(
             "rows": np.asarray(probes["rows"], np.int64),
             "kinds": np.asarray(probes["kinds"], dtype=str),
         }
-        _atomic(pz, lambda f: np.savez(f, **arrays))
+        write_durably(pz, lambda f: np.savez(f, **arrays))
         files[pz.name] = file_sha256(pz)
     doc = {"shard": shard_id, "count": len(vectors), "dim": int(vectors.shape[1]), "files": files}
-    _atomic(marker, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True).encode()))
+    write_durably(marker, lambda f: f.write(json.dumps(doc, indent=1, sort_keys=True).encode()))
     return marker
 
 

@@ -90,10 +90,12 @@ class Reference:
     )
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def write_durably(path: Path, write) -> None:
+    """``write(f)`` into ``path``.tmp, fsync it, then rename it over ``path``: a crash leaves either
+    the old file or the complete new one, never a torn one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -961,18 +963,10 @@ class ReferenceStore:
         if on_disk:  # from now on the lists are the committed file's, mapped read-only
             self.index = ann.read_on_disk(vpath, ivfdata)
         ppath = self.root / names["probes"]
-        with open(ppath.with_name(ppath.name + ".tmp"), "wb") as f:
-            np.savez(f, **self.probes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(ppath.with_name(ppath.name + ".tmp"), ppath)
+        write_durably(ppath, lambda f: np.savez(f, **self.probes))
         # The background set's vectors (empty until the index embeds the set, see api._embed_background).
         bpath = self.root / names["background"]
-        with open(bpath.with_name(bpath.name + ".tmp"), "wb") as f:
-            np.savez(f, **self.background)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(bpath.with_name(bpath.name + ".tmp"), bpath)
+        write_durably(bpath, lambda f: np.savez(f, **self.background))
         # The metadata of the new generation: rows removed in it are dropped (the previous
         # generation keeps them in its own file until the manifest moves on).
         with self.db:
@@ -991,7 +985,7 @@ class ReferenceStore:
         _save_cache(updates)
         _fsync_dir(self.root)
         raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        _fsync_write(self.root / MANIFEST, raw)
+        write_durably(self.root / MANIFEST, lambda f: f.write(raw))
         _fsync_dir(self.root)
         self.manifest = manifest
         self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -9,7 +9,6 @@ a later decision about the same verdict is a new line, and the export shows the 
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -35,16 +34,8 @@ class Report:
         self.path = Path(path).resolve()
         data = self.path.read_bytes()  # OSError: the caller names the file
         self.sha256 = hashlib.sha256(data).hexdigest()
-        self.records: list[dict] = []
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
-                break  # torn tail of a killed run
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                self.records.append(rec)
+        # parsed from the bytes that were hashed, so the sha256 is that of what was read
+        self.records: list[dict] = list(rpt.parse_records(data.splitlines(keepends=True)))
         if not any(r.get("record") in (rpt.FILE, rpt.RUN) for r in self.records):
             raise ValueError("not a matcher dump report (no run or file lines)")
         self.files = rpt.latest_file_records(self.records)

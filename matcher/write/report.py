@@ -183,15 +183,21 @@ def read_records(path: str | os.PathLike) -> Iterator[dict]:
     except FileNotFoundError:
         return
     with fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break  # torn tail of a killed run
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                yield rec
+        yield from parse_records(fh)
+
+
+def parse_records(lines: Iterable[bytes]) -> Iterator[dict]:
+    """The records among a report's lines (bytes, each with its newline): a torn last line ends
+    them, a line that is not a JSON object is skipped."""
+    for raw in lines:
+        if not raw.endswith(b"\n"):
+            break  # torn tail of a killed run
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
 
 
 class JsonlReport:
