@@ -556,7 +556,7 @@ class Matcher:
         for e in embedded:
             if e.error is not None:
                 yield from scored() if batch else ()
-                yield MatchResult.failed(e.error.path, e.error.reason)
+                yield MatchResult.failed(e.error.path, e.error.reason, status=e.error.status)
                 continue
             batch.append(e)
             if len(batch) >= BATCH:
@@ -609,12 +609,13 @@ class Matcher:
                 candidates=cands,
                 evidence=TitleScorer.evidence(ranking, sims[row], ids[row], refs),
                 timestamp=still.timestamp if still else None,
+                frame=still.frame if still else None,
                 calibration_warning=ranking.calibration.warning(),
                 threshold=default_threshold if min_confidence is None else min_confidence,
                 override_changed=override_changed,
                 tie=TitleScorer.tied(ranking) if len(TitleScorer.tied(ranking)) > 1 else [],
             )
-            if still is not None and still.sha256 and still.timestamp is None:
+            if still is not None and still.sha256 and still.timestamp is None and still.frame is None:
                 self.mark_identical(result)
             out.append(result)
         return out

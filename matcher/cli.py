@@ -468,9 +468,6 @@ def match_cmd(
     if out or csv_out or html_out:
         from matcher.run import dump
 
-        if engine is not Engine.local:
-            _die("--engine ray: dump mode (--out/--csv/--html) runs on the local executor only, for now")
-
         code = dump.cli_main(
             paths,
             m,
@@ -484,6 +481,8 @@ def match_cmd(
             min_confidence=min_confidence,
             as_json=as_json,
             new_section=new_section,
+            engine=engine.value,
+            address=address,
         )
         raise typer.Exit(code)
     missing = [p for p in paths if not p.exists()]

@@ -478,7 +478,7 @@ def random_clip(workdir: Path, arch: str = "ViT-B-32"):
 
 
 def bench_embed(n_images: int, workdir: Path, which: list[str]) -> dict:
-    from matcher.decode.sources import open_image
+    from matcher.decode.decoder import open_image
     from matcher.run.pipeline import default_workers, embed_stills
 
     cores = os.cpu_count() or 1
@@ -504,7 +504,7 @@ def bench_embed(n_images: int, workdir: Path, which: list[str]) -> dict:
 
             emb = random_clip(workdir)
             torch.set_num_threads(cores)
-            arrays = [emb.decode_transform(im) for im in decoded]
+            arrays = [emb.prepare(im) for im in decoded]
             bs = 32
             batch = (arrays * (bs // len(arrays) + 1))[:bs]
             emb.embed_prepared(batch)

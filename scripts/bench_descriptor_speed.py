@@ -7,7 +7,7 @@ it slower than decoding the image by more than 2x").
 
 One process, one thread, median of --runs timings per image. For cartoon-like frames (bench.draw_still)
 at 320x240, 1280x720 and 1920x1080, saved as PNG and as JPEG q90, it prints the decode time
-(matcher.decode.sources.open_image on the file, in the page cache), the descriptor's time
+(matcher.decode.decoder.open_image on the file, in the page cache), the descriptor's time
 (`prepare`: border trim and reduction to 128 px; `embed` of the prepared still) and their ratio.
 With the benchmark set cached (scripts/fetch_data.py), the same for a sample of the PNG files it
 was built from (game sprites, tiles and portraits, mostly small).
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import draw_still  # noqa: E402
 
-from matcher.decode.sources import open_image  # noqa: E402
+from matcher.decode.decoder import open_image  # noqa: E402
 from matcher.embed import create_embedder  # noqa: E402
 
 

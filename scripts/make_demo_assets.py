@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transforms import cel, lineart  # noqa: E402  (the benchmark's own transforms)
 from fetch_data import fetch_all  # noqa: E402
 
-from matcher.decode.sources import iter_video_stills  # noqa: E402
+from matcher.decode.decoder import iter_stills  # noqa: E402
+
+
+def iter_video_stills(path, every):
+    for still in iter_stills(path, every=every):
+        yield still.timestamp, still.image
+
 
 ROOT = Path(__file__).resolve().parent.parent / "demo"
 WIDTH = 400

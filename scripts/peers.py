@@ -128,9 +128,12 @@ PEERS = {"peer-phash": phash, "peer-dhash": dhash, "peer-colorhash": colorhash, 
 
 
 class PeerEmbedder:
-    """A matcher embedder wrapping one peer descriptor."""
+    """A matcher embedder wrapping one peer descriptor (matcher.embed.Embedder)."""
 
     pretrained = None
+    device = "cpu"
+    uses_torch = False
+    coverage = None
 
     def __init__(self, spec: str, **kwargs):
         if spec not in PEERS:
@@ -144,6 +147,11 @@ class PeerEmbedder:
         if len(images) == 0:
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._fn(im.convert("RGB")) for im in images]).astype(np.float32)
+
+    def prepare(self, image: Image.Image) -> Image.Image:
+        return image
+
+    embed_prepared = embed
 
 
 def register_peers() -> list[str]:

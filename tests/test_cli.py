@@ -60,7 +60,12 @@ def test_match_json_follows_the_schema(cli_index, tmp_path):
     assert good["title"] == "Night Patrol" and good["error"] is None
     assert set(good["candidates"][0]) == {"title", "score"}
     assert {"title", "reference", "similarity", "timestamp"} <= set(good["evidence"][0])
-    assert bad["title"] is None and bad["error"].startswith("not a readable image")
+    assert bad["title"] is None and bad["error"].startswith("corrupt PNG image")
+    # one record schema: a plain `match --json` object is a dump report line
+    assert (
+        good["record"] == "file" and good["status"] == "matched" and {"reason", "size", "kind"} <= set(good)
+    )
+    assert bad["status"] == "error" and bad["reason"] == bad["error"]
 
 
 def test_match_table_and_env_index(cli_index, tmp_path):

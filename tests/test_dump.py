@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _hostile  # noqa: E402
 
 from matcher.api import Matcher  # noqa: E402
-from matcher.run import dump  # noqa: E402
+from matcher.run import dump, pool  # noqa: E402
 from matcher.write.report import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,16 +196,16 @@ def test_killed_run_resumes_without_loss(world, tmp_path):
     assert set(parts.values()) == {1}  # no still/frame written twice across the kill
 
 
-def _crashy_process(task, lim):
+def _crashy_process(task, lim, transform=None):
     name = task.rel.rsplit("/", 1)[-1]
     if name == "crash.png":
         os._exit(11)  # a decoder segfault kills the worker process
     if name == "hang.png":
         time.sleep(3600)
-    return _REAL_PROCESS(task, lim)
+    return _REAL_DECODE(task, lim, transform)
 
 
-_REAL_PROCESS = dump.process
+_REAL_DECODE = pool.decode_file
 
 
 def test_crashing_and_hanging_decoders_are_contained(world, tmp_path, monkeypatch):
@@ -214,7 +214,7 @@ def test_crashing_and_hanging_decoders_are_contained(world, tmp_path, monkeypatc
     png = _hostile.save_bytes(_hostile.cel(0, 1), "PNG")
     for n in ("a.png", "crash.png", "hang.png", "z.png"):
         (d / n).write_bytes(png)
-    monkeypatch.setattr(dump, "process", _crashy_process)
+    monkeypatch.setattr(pool, "decode_file", _crashy_process)
     m = Matcher.open(world["index"])
     out = tmp_path / "r.jsonl"
     t0 = time.monotonic()
@@ -275,7 +275,8 @@ def test_copy_of_dump_with_changed_file_is_rematched(world, tmp_path):
 
 def test_plain_match_of_a_hostile_directory_never_follows_links(world):
     """`matcher match DIR` without --out (Matcher.match_many over sources.walk) is hardened too."""
-    from matcher.decode.sources import InputError, RefusedPath, iter_stills, walk
+    from matcher.decode.decoder import iter_stills
+    from matcher.decode.sources import InputError, RefusedPath, walk
 
     paths = list(walk([world["dump"]]))
     refused = {
@@ -294,7 +295,7 @@ def test_plain_match_of_a_hostile_directory_never_follows_links(world):
     assert by_path[str(world["dump"] / "video" / "clip.mp4")] == 3
     assert by_path[str(world["dump"] / "links" / "outside.png")] == 1
     secret = next(r for r in results if r.path.endswith("links/outside.png"))
-    assert secret.status == "error" and secret.sha256 is None and "not followed" in secret.error
+    assert secret.status == "skipped" and secret.sha256 is None and "not followed" in secret.error
 
 
 def test_report_inside_the_dump_is_listed_not_matched(world, tmp_path):

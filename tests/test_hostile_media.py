@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from matcher import Matcher
-from matcher.decode import sources
+from matcher.decode import decoder
 from matcher.run import dump
 
 GIANT = 12000  # 144 Mpx: over the 80 Mpx limit; one decoded grey frame is 144 MB
@@ -67,7 +67,7 @@ def _in_child(fn) -> tuple[float, str]:
 
 
 def _dump_decode(path):
-    out = dump.process(dump.Task(idx=0, rel=path.name, abspath=os.fsencode(path)), dump.Limits(every=1.0))
+    out = decoder.decode_file(decoder.Task(idx=0, rel=path.name, abspath=os.fsencode(path)), decoder.Limits())
     return out["status"], out["reason"], len(out["parts"])
 
 
@@ -75,8 +75,8 @@ def _dump_decode(path):
     "decode",
     [
         _dump_decode,  # dump mode's worker
-        lambda p: [s.timestamp for s in sources.iter_stills(p, every=1.0)],  # plain `match`
-        lambda p: [s.timestamp for s in sources.iter_stills(p, every=1.0, distinct=True)],  # `index add`
+        lambda p: [s.timestamp for s in decoder.iter_stills(p, every=1.0)],  # the Python API
+        lambda p: [s.timestamp for s in decoder.iter_stills(p, every=1.0, distinct=True)],  # `index add`
     ],
     ids=["dump", "match", "index-add"],
 )

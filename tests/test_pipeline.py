@@ -51,14 +51,17 @@ class _CrashOn:
     """An embedder whose decode-side transform kills its worker on one image size."""
 
     dim = 3
+    spec, fingerprint, pretrained, device, uses_torch, coverage = "crash-on", "0", None, "cpu", False, None
 
-    def decode_transform(self, image):
+    def prepare(self, image):
         if image.size == (321, 240):
             os._exit(3)
         return np.asarray(image.resize((4, 4)), dtype=np.float32).mean(axis=(0, 1))
 
     def embed(self, arrays):
         return np.stack(arrays)
+
+    embed_prepared = embed
 
 
 def test_a_crashing_decoder_fails_only_its_file(tmp_path):

@@ -76,7 +76,7 @@ def test_an_index_built_on_ray_equals_one_built_locally(ray_session, inputs, tmp
     lines_local = [json.dumps(r.to_dict()) for r in local.match_many([queries])]
     lines_ray = [json.dumps(r.to_dict()) for r in on_ray.match_many([queries], engine="ray")]
     assert lines_ray == lines_local
-    assert sum('"error": null' not in line for line in lines_local) == 1  # notes.txt: its one error line
+    assert sum('"status": "skipped"' in line for line in lines_local) == 1  # notes.txt: not a picture
 
 
 def test_cli_index_add_and_match_with_engine_ray(ray_session, inputs, tmp_path):
@@ -97,47 +97,67 @@ def test_cli_index_add_and_match_with_engine_ray(ray_session, inputs, tmp_path):
     assert len(out["ray"]) == 6  # 5 frames and the text file, one line each
 
 
-def test_dump_mode_refuses_engine_ray_in_one_line(inputs, built_index, tmp_path):
+def _lines(report) -> list[dict]:
+    """The file / still / frame lines of a report, in path order (a line is written when its file is
+    done, and the executors finish files in different orders)."""
+    from matcher.write.report import read_records
+
+    lines = [r for r in read_records(report) if r["record"] in ("file", "still", "frame")]
+    return sorted(lines, key=lambda r: (r["path"], r["record"], r.get("timestamp") or 0, r.get("frame") or 0))
+
+
+def test_dump_mode_on_ray_writes_the_same_report(ray_session, inputs, tmp_path):
+    root, _, _ = inputs
+    dump_dir = root / "night"  # six frames and a video, decoded in segments of one still each
+    m = build(tmp_path / "idx", inputs, "local")
+    reports = {}
+    for engine in ("local", "ray"):
+        reports[engine] = tmp_path / f"{engine}.jsonl"
+        stats = m.match_dump(dump_dir, out=reports[engine], engine=engine, segment=1, workers=2)
+        assert stats.written == 7
+    local, on_ray = _lines(reports["local"]), _lines(reports["ray"])
+    assert on_ray == local
+    assert [r["record"] for r in local].count("still") == 2  # the video's stills, from two segments
+
+
+def test_cli_dump_mode_with_engine_ray(ray_session, inputs, built_index, tmp_path):
     _, _, queries = inputs
-    res = CliRunner().invoke(
-        app,
-        [
-            "match",
-            str(queries),
-            "--index",
-            str(built_index),
-            "--out",
-            str(tmp_path / "r.jsonl"),
-            "--engine",
-            "ray",
-        ],
-    )
-    assert res.exit_code == 2
-    assert "dump mode" in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "r.jsonl").exists()
+    out = tmp_path / "r.jsonl"
+    args = ["match", str(queries), "--index", str(built_index), "--out", str(out), "--engine", "ray"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = _lines(out)
+    assert len(lines) == 6 and {r["status"] for r in lines} >= {"matched", "skipped"}
 
 
 def test_a_decode_worker_killed_mid_run_loses_nothing(ray_session, inputs, tmp_path):
+    from matcher.decode.decoder import Limits, Task
+
+    class _DyingClassic:
+        """classic, whose decode-side prepare kills its Ray worker on the first still (a segfault)."""
+
+        spec, pretrained = "classic", None
+
+        def __init__(self, flag):
+            self.flag = str(flag)
+            self._prepare = create_embedder("classic").prepare
+
+        def prepare(self, image):
+            import os
+
+            if not os.path.exists(self.flag):
+                open(self.flag, "w").close()
+                os._exit(1)
+            return self._prepare(image)
+
     _, refs, _ = inputs
-    files = {n: str(p) for n, p in enumerate(refs["Sunny Farm"])}
-    embedder = create_embedder("classic")
+    paths = [str(p) for p in refs["Sunny Farm"]]
+    tasks = [(n, Task(idx=n, rel=p, abspath=p.encode())) for n, p in enumerate(paths)]
     flag = tmp_path / "killed"
-    prepare = embedder.prepare
-
-    def dying_prepare(image, flag=str(flag), prepare=prepare):
-        import os
-
-        if not os.path.exists(flag):  # the first still decoded: its worker dies, as on a segfault
-            open(flag, "w").close()
-            os._exit(1)
-        return prepare(image)
-
-    got = ray_engine.embed_files(
-        files, embedder, dying_prepare, every=1.0, distinct=False, keep=False, batch_size=4
-    )
+    got = list(ray_engine.decode_and_embed(tasks, _DyingClassic(flag), Limits(), batch_size=4))
     assert flag.exists()  # a worker did die
-    assert sorted(got) == sorted(files)
-    assert all(len(results) == 1 and results[0][2] is None for results in got.values())
-    local = {e.still.path: e.vector for e in embed_stills(list(files.values()), embedder, workers=0)}
-    for n, results in got.items():
-        assert np.array_equal(results[0][1], local[files[n]])
+    assert [key for key, _ in got] == list(range(len(paths)))  # exactly one result per file, in order
+    local = {e.still.path: e.vector for e in embed_stills(paths, create_embedder("classic"), workers=0)}
+    for key, result in got:
+        assert result["status"] is None and len(result["parts"]) == 1
+        assert np.array_equal(result["parts"][0][1], local[paths[key]])

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _hostile  # noqa: E402
 
 from matcher.api import Matcher  # noqa: E402
-from matcher.run import dump  # noqa: E402
+from matcher.decode.decoder import Limits, Task  # noqa: E402
+from matcher.run import dump, pool  # noqa: E402
 from matcher.serve import engine  # noqa: E402
 from matcher.serve.app import ServeConfig, create_app  # noqa: E402
 
@@ -171,19 +172,19 @@ def test_limits_give_clear_4xx(world, tmp_path):
         assert post(c, ("ok.png", png(), "image/png")).status_code == 200  # and it still serves
 
 
-_REAL_PROCESS = dump.process
+_REAL_DECODE = pool.decode_file
 
 
-def _crashy_process(task, lim):
+def _crashy_process(task, lim, transform=None):
     if task.rel == "crash.png":
         os._exit(11)  # a decoder segfault kills the worker process
     if task.rel == "hang.png":
         time.sleep(3600)
-    return _REAL_PROCESS(task, lim)
+    return _REAL_DECODE(task, lim, transform)
 
 
 def test_a_crashing_or_hanging_decoder_fails_one_request_not_the_server(world, tmp_path, monkeypatch):
-    monkeypatch.setattr(dump, "process", _crashy_process)  # forked workers see it
+    monkeypatch.setattr(pool, "decode_file", _crashy_process)  # forked workers see it
     with TestClient(create_app(config(world, tmp_path, decode_timeout=3.0)), base_url=BASE) as c:
         r = post(c, ("crash.png", png(), "image/png"))
         assert r.status_code == 422 and "crashed" in r.json()["detail"]
@@ -203,8 +204,8 @@ def test_decode_workers_outlive_the_request_thread_that_started_them(world, tmp_
 
     (tmp_path / "a.png").write_bytes(png())
     with Matcher.open(world["index"]) as m:
-        decoder = SharedDecoder(m, 1, dump.Limits(), timeout=30.0)
-    task = dump.Task(idx=0, rel="a.png", abspath=os.fsencode(tmp_path / "a.png"))
+        decoder = SharedDecoder(m, 1, Limits(), timeout=30.0)
+    task = Task(idx=0, rel="a.png", abspath=os.fsencode(tmp_path / "a.png"))
     results = []
     try:
         t = threading.Thread(target=lambda: results.append(decoder.decode(task)))

@@ -52,12 +52,13 @@ def test_sigterm_mid_dump_exits_and_releases_the_report_even_when_clean_up_hangs
         from matcher.api import Matcher
 
         dump.TERM_GRACE = 1.0
-        dump.DecodePool.close = lambda self, graceful=True: time.sleep(3600)  # a wedged pool
-        real = dump.process
-        def slow(task, lim):
+        from matcher.run import pool
+        pool.DecodePool.close = lambda self, graceful=True: time.sleep(3600)  # a wedged pool
+        real = pool.decode_file
+        def slow(*a, **k):
             time.sleep(0.2)
-            return real(task, lim)
-        dump.process = slow
+            return real(*a, **k)
+        pool.decode_file = slow
         m = Matcher.open({str(built_index)!r})
         raise SystemExit(dump.cli_main([{str(many_frames)!r}], m, out={str(out)!r}, quiet=True, workers=1))
         """
@@ -111,13 +112,13 @@ def test_no_worker_outlives_a_killed_run(tmp_path, built_index, many_frames, com
     script = textwrap.dedent(
         """
         import sys, time
-        from matcher.run import pipeline
+        from matcher.run import pipeline, pool
         pipeline.default_workers = lambda embedder=None: 2
-        real = pipeline._decode
+        real = pool.decode_file
         def slow(*a, **k):
             time.sleep(0.5)
             return real(*a, **k)
-        pipeline._decode = slow
+        pool.decode_file = slow
         from matcher.cli import app
         sys.argv = ["matcher", *sys.argv[1:]]
         app()

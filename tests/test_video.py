@@ -6,7 +6,11 @@ import pytest
 from conftest import draw_frame, write_video
 
 from matcher import Matcher
-from matcher.decode.sources import iter_video_stills
+from matcher.decode.decoder import iter_stills
+
+
+def iter_video_stills(path, every):
+    return [(s.timestamp, s.image) for s in iter_stills(path, every=every)]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def test_truncated_video_is_an_error_not_a_crash(tmp_path, video, built_index):
     bad.write_bytes(video.read_bytes()[:300])
     results = list(Matcher.open(built_index).match_many([bad]))
     assert len(results) == 1 and results[0].path == str(bad)
-    assert results[0].error.startswith("not a readable video")
+    assert results[0].error.startswith("corrupt or unsupported video")
 
 
 def test_a_held_shot_is_one_reference_covering_its_time_range(tmp_path, library):

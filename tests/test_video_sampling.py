@@ -7,7 +7,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from matcher.decode.video import sample_video  # noqa: E402
+from matcher.decode.decoder import iter_stills  # noqa: E402
 
 
 def _write(path, frames, fps=12):
@@ -37,29 +37,29 @@ def clip(tmp_path_factory):
 
 
 def test_holds_collapse_to_one_still_with_their_range(clip):
-    stills = list(sample_video(clip, every=1.0))
-    starts = [s.start for s in stills]
+    stills = list(iter_stills(clip, every=1.0, distinct=True))
+    starts = [s.timestamp for s in stills]
     # A and B are held 3 s each: one still each, covering ~[0, 2.9] and ~[3, 5.9].
-    assert starts[0] == 0.0 and stills[0].end >= 2.5
+    assert starts[0] == 0.0 and stills[0].timestamp_end >= 2.5
     assert any(abs(t - 3.0) < 0.2 for t in starts)
-    b = next(s for s in stills if abs(s.start - 3.0) < 0.2)
-    assert b.end >= 5.5
+    b = next(s for s in stills if abs(s.timestamp - 3.0) < 0.2)
+    assert b.timestamp_end >= 5.5
     # The pan changes every frame: sampled at the interval (~1 s), none dropped.
     assert len([t for t in starts if t >= 6.0]) >= 3
-    assert all(s.end >= s.start for s in stills) and starts == sorted(starts)
+    assert all(s.timestamp_end >= s.timestamp for s in stills) and starts == sorted(starts)
     assert stills[0].image.size == (128, 72)
 
 
 def test_interval_only_keeps_every_sample(clip):
-    stills = list(sample_video(clip, every=1.0, scenes=False, dedupe=False))
+    stills = list(iter_stills(clip, every=1.0))
     assert len(stills) == 9
-    assert [round(s.start) for s in stills] == list(range(9))
+    assert [round(s.timestamp) for s in stills] == list(range(9))
 
 
 def test_cut_is_caught_between_interval_samples(clip):
-    stills = list(sample_video(clip, every=10.0, dedupe=False))
+    stills = list(iter_stills(clip, every=10.0, distinct=True))
     # Interval alone would give one still; the two cuts add two.
-    assert len(stills) == 3 and abs(stills[1].start - 3.0) < 0.2 and abs(stills[2].start - 6.0) < 0.2
+    assert len(stills) == 3 and abs(stills[1].timestamp - 3.0) < 0.2 and abs(stills[2].timestamp - 6.0) < 0.2
 
 
 def test_unreadable_video_is_an_input_error(tmp_path):
@@ -68,4 +68,4 @@ def test_unreadable_video_is_an_input_error(tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     with pytest.raises(InputError):
-        list(sample_video(bad))
+        list(iter_stills(bad, distinct=True))

@@ -1,8 +1,8 @@
-"""Where frames come from: walk paths, recognise files by content, decode images and video stills safely.
+"""Where frames come from: walk paths without following links, recognise files by their bytes, flatten
+a decoded picture to RGB. The decoding itself is matcher.decode.decoder's (the one decoder).
 
 Everything read here may come from an adversary's server, so: files are recognised by their bytes, not
-their names; the pixel count is checked before any pixels are decoded (decompression bombs); every
-failure becomes an `InputError` with a one-line reason, never a traceback.
+their names; every failure becomes an `InputError` with a one-line reason, never a traceback.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class Still:
     sha256: str | None
     timestamp: float | None = None  # seconds into the video; None for still images
     timestamp_end: float | None = None  # distinct sampling: last time this picture was still showing
+    frame: int | None = None  # frame of an animation / page of a TIFF; None for a single image
 
 
 # ------------------------------------------------------------------ recognising files by content
@@ -202,51 +203,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def describe(path: str | os.PathLike) -> tuple[str, str]:
-    """('image'|'video'|'skipped', what it is) from the file's first and last bytes, never its name."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-        tail = b""
-        size = os.fstat(f.fileno()).st_size
-        if size > 18:
-            f.seek(size - 18)
-            tail = f.read(18)
-    return sniff_bytes(head, tail, os.fspath(path) if not isinstance(path, bytes) else display(path))
-
-
-def sniff(path: str | os.PathLike) -> str | None:
-    """'image', 'video' or None, judged from the file's bytes (never from its name)."""
-    kind, _ = describe(path)
-    return kind if kind in ("image", "video") else None
-
-
-def _allowed_formats() -> tuple[str, ...]:
-    Image.init()
-    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
-
-
-def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file to RGB, refusing pixel bombs before decoding a single pixel.
-
-    Only the formats matcher supports are parsed (Pillow's rarer plugins are attack surface); a PSD
-    gives its flattened composite, a multi-page TIFF / animation its first frame."""
-    try:
-        im = Image.open(path, formats=_allowed_formats())
-    except FileNotFoundError:
-        raise InputError(path, "file vanished before it could be read") from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(path, f"refused: decompression bomb ({exc})") from None
-    except Exception as exc:
-        raise InputError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
-    with im:
-        w, h = im.size
-        if w * h > max_pixels:
-            raise InputError(path, f"refused: {w}x{h} pixels exceeds the {max_pixels} pixel limit")
-        if w == 0 or h == 0:
-            raise InputError(path, "image has no pixels")
-        return to_rgb(im, path)
-
-
 #: Single-channel modes deeper than 8 bits: Pillow's own conversion to RGB clips them (a 16-bit
 #: PNG comes out almost white), so they are scaled to 8 bits first (`to_8bit`).
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -287,70 +243,31 @@ def to_rgb(im: Image.Image, path: str | os.PathLike = "<image>") -> Image.Image:
             bg = Image.new("RGB", rgba.size, (255, 255, 255))
             bg.paste(rgba, mask=rgba.getchannel("A"))
             return bg
-        return im.convert("RGB")
+        try:
+            return im.convert("RGB")  # a new image: never the decoder's own (a later seek() changes it)
+        except (ValueError, OSError):  # a mode Pillow cannot convert to RGB directly
+            return im.convert("L").convert("RGB")
     except Exception as exc:
         raise InputError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from None
-
-
-def iter_video_stills(path: str | os.PathLike, every: float = 1.0) -> Iterator[tuple[float, Image.Image]]:
-    """Decode one still every ``every`` seconds: yields (timestamp_seconds, RGB image)."""
-    from matcher.decode.video import sample_video  # imported here: `match cel.png` must not pay for ffmpeg
-
-    for vs in sample_video(path, every, scenes=False, dedupe=False):
-        yield vs.start, vs.image
-
-
-def iter_stills(
-    path: str | os.PathLike, every: float = 1.0, with_sha256: bool = True, distinct: bool = False
-) -> Iterator[Still]:
-    """All stills of one file: the image itself, or one still every ``every`` seconds of a video.
-
-    ``distinct`` (reference ingestion): also a still at every scene cut, and near-identical
-    consecutive stills dropped, each kept one covering [timestamp, timestamp_end] (matcher.decode.video)."""
-    refused = getattr(path, "refused_reason", None)
-    if refused:
-        raise InputError(path, refused)
-    p = Path(path)
-    try:
-        if not p.is_file():
-            raise InputError(path, "not a regular file" if p.exists() else "file not found")
-        if p.stat().st_size == 0:
-            raise InputError(path, "empty file (0 bytes)")
-        kind, what = describe(p)
-        digest = file_sha256(p) if with_sha256 else None
-    except FileNotFoundError:
-        raise InputError(path, "file vanished before it could be read") from None
-    except PermissionError:
-        raise InputError(path, "permission denied") from None
-    if kind == "image":
-        yield Still(open_image(p), str(path), digest)
-    elif kind == "video" and distinct:
-        from matcher.decode.video import sample_video
-
-        for vs in sample_video(p, every):
-            yield Still(vs.image, str(path), digest, vs.start, vs.end)
-    elif kind == "video":
-        for t, im in iter_video_stills(p, every):
-            yield Still(im, str(path), digest, t)
-    else:
-        raise InputError(path, what)
 
 
 class RefusedPath(type(Path())):
     """A path a directory walk found but will not open: a symbolic link (out of the tree, a loop, or
     a second name for a file that is reported under its own path), a FIFO/socket/device, or a
-    directory that cannot be listed. `iter_stills` turns it into an InputError carrying the reason,
+    directory that cannot be listed. the pipeline turns it into an InputError carrying the reason,
     so nothing is skipped silently. Survives pickling (pipeline workers)."""
 
     refused_reason = "not followed"
+    refused_status = "skipped"  # "error" for what could not be read (a directory that cannot be listed)
 
     def __reduce__(self):
-        return (_refused_path, (str(self), self.refused_reason))
+        return (_refused_path, (str(self), self.refused_reason, self.refused_status))
 
 
-def _refused_path(path: str, reason: str) -> RefusedPath:
+def _refused_path(path: str, reason: str, status: str = "skipped") -> RefusedPath:
     p = RefusedPath(path)
     p.refused_reason = reason
+    p.refused_status = status
     return p
 
 
@@ -364,7 +281,13 @@ def walk(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
         if root.is_dir():
             for e in walk_dump(root):
                 path = os.fsdecode(e.abspath)
-                yield Path(path) if e.kind == "file" else _refused_path(path, e.reason or "not followed")
+                yield (
+                    Path(path)
+                    if e.kind == "file"
+                    else _refused_path(
+                        path, e.reason or "not followed", "error" if e.kind == "error" else "skipped"
+                    )
+                )
         elif root.exists():
             yield root
         else:

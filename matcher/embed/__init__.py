@@ -1,8 +1,9 @@
 """The embedder registry: one entry point turns a model spec string into an embedder.
 
-Every embedder has the same small interface (see `Embedder`): `spec`, `dim`, `fingerprint` and
-`embed(images) -> float32 (n, dim)` with rows of norm <= 1: unit norm, or (an embedder that also has
-`coverage(vectors)`, like classic) the squared norm is the share of the descriptor a still provides. Specs:
+Every embedder has the same small interface, declared by `Embedder`: what the pipeline calls is
+`prepare(image)` in the decode workers and `embed_prepared(batch) -> float32 (n, dim)` in the main
+process (or on a Ray actor); rows have norm <= 1: unit norm, or (an embedder with a `coverage`
+function, like classic) the squared norm is the share of the descriptor a still provides. Specs:
 
 - ``classic``        weights-free pixel descriptor (numpy + Pillow only; never imports torch)
 - ``clip``           ``clip:ViT-B-32`` with the ``laion2b_s34b_b79k`` weights
@@ -17,7 +18,7 @@ New families plug in with `register_embedder` (the benchmark registers its peer 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,13 +31,30 @@ class EmbedderError(MatcherError):
 
 @runtime_checkable
 class Embedder(Protocol):
+    """Everything the pipeline, the scorer and the Ray executor use of an embedder."""
+
     spec: str  # canonical spec string, recorded in the index manifest
     dim: int
     fingerprint: str  # identifies the exact weights/algorithm version; recorded and checked on open
     pretrained: str | None  # weights the embedder was built with (None for weights-free ones)
+    device: str  # where embed_prepared runs: "cpu" or "cuda"
+    #: True when embed_prepared runs torch: on CPU it needs the cores, so fewer decode workers start
+    uses_torch: bool
+    #: evidence share (0..1) of each vector, e.g. classic's ~0.6 for a grey still; None: every vector
+    #: is full evidence (the scorer then has no grey or sketch thresholds)
+    coverage: Callable[[np.ndarray], np.ndarray] | None
+
+    def prepare(self, image) -> Any:
+        """Decode-side work on one RGB still (resize, crop, trim): runs in the decode workers, so it
+        needs only Pillow/numpy, and its result must pickle small."""
+        ...
+
+    def embed_prepared(self, batch: Sequence) -> np.ndarray:
+        """Outputs of `prepare` -> float32 (len(batch), dim), rows of norm <= 1."""
+        ...
 
     def embed(self, images: Sequence) -> np.ndarray:
-        """Embed PIL images into a float32 array of shape (len(images), dim), rows of norm <= 1."""
+        """PIL images -> float32 (len(images), dim): `prepare` then `embed_prepared`."""
         ...
 
 

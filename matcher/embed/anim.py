@@ -269,6 +269,9 @@ class AnimEmbedder:
     """The learned embedder; see the module docstring."""
 
     spec = "anim"
+    device = "cpu"
+    uses_torch = False  # numpy for small batches; torch (single-threaded) for large ones
+    coverage = None  # unit vectors: every still is full evidence
     BATCH = 16  # numpy's working set stays in cache-friendly sizes
     TORCH_FROM = 16  # calls with at least this many images run on torch (a dependency anyway)
     TORCH_BATCH = 64  # ... in chunks: calibration embeds hundreds of probes in one call
@@ -303,6 +306,8 @@ class AnimEmbedder:
         out = [net(_as_batch(images[i : i + step], self.prepare)) for i in range(0, len(images), step)]
         return np.concatenate(out).astype(np.float32)
 
+    embed_prepared = embed  # embed() takes raw or prepared stills
+
 
 class FusedEmbedder:
     """`anim+classic`: both descriptors of one prepared still, concatenated so that the inner product is
@@ -324,6 +329,7 @@ class FusedEmbedder:
         key = f"fused:{anim.fingerprint}:{self.classic.fingerprint}:{self.weight:.4f}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
         self._wa, self._wc = np.sqrt(self.weight), np.sqrt(1.0 - self.weight)
+        self.device, self.uses_torch = "cpu", False
 
     def prepare(self, image: Image.Image) -> Image.Image:
         return self.classic.prepare(image)
@@ -343,6 +349,8 @@ class FusedEmbedder:
         cov = np.clip(np.einsum("ij,ij->i", c, c), 0.0, 1.0)
         a = self.anim.embed(prepared) * cov[:, None]
         return np.concatenate([self._wa * a, self._wc * c], axis=1).astype(np.float32)
+
+    embed_prepared = embed
 
 
 FUSION_WEIGHT = 0.3

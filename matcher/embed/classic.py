@@ -228,6 +228,9 @@ class ClassicEmbedder:
         key = f"{_VERSION}:{_SIDE}:{self.dim}:{sorted(self.weights.items())}"
         self.fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
 
+    device = "cpu"
+    uses_torch = False
+
     def prepare(self, image: Image.Image) -> Image.Image:
         """Decode-side work: trim borders and shrink to the working size (cheap, picklable result)."""
         if image.mode != "RGB":
@@ -284,3 +287,5 @@ class ClassicEmbedder:
             small = im if im.info.get(_PREPARED) and im.size == (_SIDE, _SIDE) else self.prepare(im)
             out[i] = self._vector(small)
         return out
+
+    embed_prepared = embed  # embed() takes raw or prepared stills

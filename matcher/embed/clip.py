@@ -224,7 +224,11 @@ class ClipEmbedder:
         self._channels_last = not arch.startswith("ViT")  # helps conv towers (RN, ConvNeXt) only
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.decode_transform, self._mean, self._std = _split_preprocess(preprocess)
+        self._pil_side, self._mean, self._std = _split_preprocess(preprocess)
+        # prepare (Embedder protocol): the PIL half of the model's preprocess (resize, crop) as an
+        # HxWx3 uint8 array, run in decode workers without torch; it pickles small for Ray, unlike a
+        # method bound to the model. A preprocess of unknown layout runs whole (a CHW float tensor).
+        self.prepare = self._pil_side if self._pil_side is not None else self._preprocess_whole
         self._torch = torch
         self.model = model
         self.preprocess = preprocess
@@ -235,29 +239,27 @@ class ClipEmbedder:
         self.fingerprint = weights_fingerprint(checkpoint)[:16]
         self.dim = int(model.visual.output_dim)
 
-    def prepare(self, image):
-        """Decode-side work: the model's own resize/crop/normalise, as a CHW float tensor."""
+    uses_torch = True
+    coverage = None  # unit vectors: every still is full evidence
+
+    def _preprocess_whole(self, image):
         return self.preprocess(image.convert("RGB"))
 
     def embed(self, images: Sequence) -> np.ndarray:
-        torch = self._torch
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.stack([im if isinstance(im, torch.Tensor) else self.prepare(im) for im in images])
-        with torch.inference_mode():
-            feats = self.model.encode_image(batch.to(self.device))
-            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
-        return feats.cpu().numpy().astype(np.float32, copy=False)
+        return self.embed_prepared([self.prepare(im) for im in images])
 
-    def embed_prepared(self, arrays: Sequence) -> np.ndarray:
-        """Embed outputs of `decode_transform` (HxWx3 uint8 arrays, e.g. from decode workers):
-        one batch conversion + normalisation, then the forward pass (autocast on GPU)."""
+    def embed_prepared(self, batch: Sequence) -> np.ndarray:
+        """Embed outputs of `prepare`: one batch conversion + normalisation, then the forward pass
+        (autocast on GPU)."""
         torch = self._torch
-        if len(arrays) == 0:
+        if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self._mean.to(x.device)) / self._std.to(x.device)
+        if isinstance(batch[0], torch.Tensor):  # preprocess of unknown layout: already normalised
+            x = torch.stack(list(batch)).to(self.device)
+        else:
+            x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            x = (x - self._mean.to(x.device)) / self._std.to(x.device)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = getattr(self, "_dtype", None)

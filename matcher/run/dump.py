@@ -23,447 +23,32 @@ and skips those already reported with the same (path, sha256).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import io
-import math
 import os
-import stat
 import sys
 import time
-import warnings
-from collections import Counter, defaultdict, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from matcher import config
-from matcher.decode.sources import (  # noqa: F401 - re-exported: the dump's view of its inputs
-    DEEP_MODES,
-    IMAGE_FORMATS,
-    MAX_PIXELS,
-    Entry,
-    display,
-    link_entry,
-    sniff_bytes,
-    to_8bit,
-)
+from matcher.decode.decoder import Limits, Task
+from matcher.decode.sources import MAX_PIXELS, Entry
 from matcher.decode.sources import walk_dump as walk
-from matcher.errors import ItemError
+from matcher.errors import MatcherError
 from matcher.insight import vectors as insight_vectors
-from matcher.insight.timeline import exif_date, normalise_date
-from matcher.run.pool import WorkerPool, worker_transform
+from matcher.records import aggregate, one_line, report_record, verdict_fields
+from matcher.run.pool import DecodePool, decode_in_order
 from matcher.write import report as rpt
 
-#: Largest image (width * height) decoded; checked from the header before decoding. 80 Mpx covers
-#: 8K frames and large scans; a 240 MB RGB buffer is the most one image can cost a worker.
 DEFAULT_MAX_PIXELS = MAX_PIXELS  # one limit for every path (sources.py; $MATCHER_MAX_PIXELS)
 # the defaults live in matcher.config; these names stay for callers of the dump module
 DEFAULT_EVERY = config.EVERY
 DEFAULT_DECODE_TIMEOUT = config.DECODE_TIMEOUT_DUMP
-STILL_SIDE = config.STILL_SIDE
 SEGMENT = config.SEGMENT
-MAX_FRAMES = config.MAX_FRAMES
 TERM_GRACE = config.TERM_GRACE
-
-
-# ==================================================================================================
-# Worker side: sniffing and decoding (runs in the decode processes; imports Pillow and PyAV only)
-# ==================================================================================================
-class FileProblem(ItemError):
-    """A file that cannot be matched (the worker knows no display path: the parent adds it);
-    ``status`` is 'error' or 'skipped', ``reason`` one line."""
-
-    def __init__(self, reason: str, status: str = "error", kind: str | None = None):
-        super().__init__(None, one_line(reason), status, kind)
-
-
-def one_line(text: Any, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    s = s.encode("utf-8", "backslashreplace").decode("utf-8")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
-
-
-@dataclass
-class Limits:
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    every: float = DEFAULT_EVERY
-    all_frames: bool = False
-    still_side: int = STILL_SIDE
-    segment: int = SEGMENT
-    max_frames: int = MAX_FRAMES
-
-
-@dataclass
-class Task:
-    idx: int
-    rel: str  # path shown in the report (relative to the dump root)
-    abspath: bytes
-    start: int = 0  # first still/frame index of this segment
-    sha256: str | None = None  # known for continuation segments
-    identity: tuple | None = None  # (size, mtime_ns, ino) seen by the first segment
-    skip_shas: frozenset = frozenset()  # already reported: hash only
-    thumb: dict | None = None  # thumbnail mode: {'frame': i} or {'timestamp': t}
-    attempts: int = 0
-
-
-def _reduce(im, side: int):
-    """RGB copy with longest side <= side; transparency flattened onto white."""
-    from PIL import Image
-
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        bg.alpha_composite(im)
-        im = bg
-    if im.mode in DEEP_MODES:
-        im = to_8bit(im)  # 16-bit / float: scaled, not clipped to white
-    if im.mode != "RGB":
-        try:
-            im = im.convert("RGB")
-        except (ValueError, OSError):
-            im = im.convert("L").convert("RGB")
-    else:
-        im = im.copy()  # never hand out the decoder's own image: a later seek() would change it
-    if max(im.size) > side:
-        im.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return im
-
-
-def _open_regular(abspath: bytes):
-    """Open without following links or blocking; refuse anything but a regular file."""
-    try:
-        fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise FileProblem("file vanished during the run (no longer exists)") from None
-    except OSError as e:
-        if e.errno == 40:  # ELOOP: became a symlink
-            raise FileProblem("file was replaced by a symbolic link during the run", "skipped") from None
-        raise FileProblem(f"cannot open: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise FileProblem("not a regular file (device, FIFO or socket): not opened", "skipped", "special")
-    return os.fdopen(fd, "rb"), st
-
-
-def _hash(fh) -> tuple[str, bytes, int]:
-    h = hashlib.sha256()
-    head = b""
-    n = 0
-    while True:
-        chunk = fh.read(1 << 20)
-        if not chunk:
-            break
-        if n == 0:
-            head = chunk[:4096]
-        n += len(chunk)
-        h.update(chunk)
-    return h.hexdigest(), head, n
-
-
-def _image_parts(fh, fmt_hint: str, task: Task, lim: Limits, out: dict) -> None:
-    from PIL import Image, ImageFile, UnidentifiedImageError
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    Image.MAX_IMAGE_PIXELS = lim.max_pixels
-    fh.seek(0)
-    Image.init()
-    formats = ("TGA",) if fmt_hint == "TGA" else tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
-    try:
-        im = Image.open(fh, formats=formats)
-    except Image.DecompressionBombError as e:
-        raise FileProblem(f"decompression bomb refused from the header, before decoding: {e}") from None
-    except UnidentifiedImageError:
-        raise FileProblem(f"corrupt {fmt_hint} image: Pillow cannot identify it") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
-        raise FileProblem(f"corrupt {fmt_hint} image: {e}") from None
-    out["embedded_date"] = exif_date(im) if task.start == 0 else None  # timeline (matcher.insight)
-
-    def check(size):
-        w, h = size
-        if w <= 0 or h <= 0:
-            raise FileProblem(f"corrupt {fmt_hint} image: size {w}x{h}")
-        if w * h > lim.max_pixels:
-            raise FileProblem(
-                f"decompression bomb refused: {w}x{h} = {w * h / 1e6:.0f} Mpx is over the "
-                f"{lim.max_pixels / 1e6:.0f} Mpx limit (checked before decoding)"
-            )
-
-    check(im.size)
-    fmt = im.format or fmt_hint
-    n = 1 if fmt == "PSD" else int(getattr(im, "n_frames", 1) or 1)  # PSD frames are layers
-    out["kind"] = "image"
-    notes = []
-    if n > 1:
-        multi = fmt == "TIFF" or lim.all_frames
-        out["kind"] = "multipage" if fmt == "TIFF" else "animation"
-        if not multi:
-            notes.append(
-                f"animated {fmt} with {n} frames: first frame matched (use --all-frames for every frame)"
-            )
-            n_use = 1
-        else:
-            n_use = min(n, lim.max_frames)
-            if n_use < n:
-                notes.append(f"{n} frames: the first {n_use} matched (limit)")
-        out["multi"] = multi
-    else:
-        n_use = 1
-        out["multi"] = False
-    out["note"] = "; ".join(notes) or None
-    if task.thumb is not None:
-        indices = [min(int(task.thumb.get("frame") or 0), n_use - 1)]
-    else:
-        indices = list(range(task.start, min(n_use, task.start + lim.segment)))
-        out["more"] = task.start + lim.segment if task.start + lim.segment < n_use else None
-    for i in indices:
-        try:
-            if i:
-                im.seek(i)
-            check(im.size)
-            if fmt == "JPEG":
-                im.draft("RGB", (lim.still_side, lim.still_side))
-            im.load()
-            still = _reduce(im, lim.still_side)
-        except FileProblem:
-            raise
-        except Image.DecompressionBombError as e:
-            raise FileProblem(f"decompression bomb refused from the header, before decoding: {e}") from None
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a per-file error
-            what = "truncated or corrupt" if "truncated" in str(e) else "corrupt"
-            where = f" (frame {i})" if out["multi"] else ""
-            if out["multi"] and i > 0:
-                out["parts"].append(({"record": rpt.FRAME, "frame": i}, None, f"{what} frame: {one_line(e)}"))
-                continue
-            raise FileProblem(f"{what} {fmt} image{where}: {one_line(e)}") from None
-        meta = {"record": rpt.FRAME, "frame": i} if out["multi"] else {}
-        out["parts"].append((meta, still, None))
-
-
-def _av_reason(e: Exception) -> str:
-    """FFmpeg's own words, without errno numbers or the file object's repr."""
-    return one_line(getattr(e, "strerror", None) or e)
-
-
-def _video_parts(fh, desc: str, task: Task, lim: Limits, out: dict) -> None:
-    import av
-
-    fh.seek(0)
-    out["kind"] = "video"
-    out["multi"] = True
-    try:
-        container = av.open(fh, mode="r", metadata_errors="ignore")
-    except Exception as e:  # noqa: BLE001
-        raise FileProblem(f"corrupt or unsupported video ({desc}): {_av_reason(e)}") from None
-    with container:
-        if not container.streams.video:
-            raise FileProblem(f"no video stream in {desc} file")
-        out["embedded_date"] = normalise_date((container.metadata or {}).get("creation_time"))
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        w, h = int(cc.width or 0), int(cc.height or 0)
-        if w * h > lim.max_pixels:
-            raise FileProblem(f"video frames are {w}x{h}, over the {lim.max_pixels / 1e6:.0f} Mpx limit")
-        stream.thread_type = "AUTO"
-        every = max(float(lim.every), 0.04)
-        if task.thumb is not None:
-            targets = [float(task.thumb.get("timestamp") or 0.0)]
-            start_t = targets[0]
-            seg_end = math.inf
-        else:
-            start_t = task.start * every
-            seg_end = (task.start + lim.segment) * every
-        if start_t > 0:
-            tb = stream.time_base
-            with contextlib.suppress(Exception):
-                container.seek(int(start_t / tb) if tb else int(start_t * 1e6), stream=stream, backward=True)
-        k = task.start
-        next_t = start_t
-        got = 0
-        more = None
-        try:
-            for frame in container.decode(stream):
-                ft = frame.time
-                if ft is None:
-                    ft = next_t
-                if ft + 1e-6 < next_t:
-                    continue
-                if task.thumb is None and ft >= seg_end:
-                    more = int(math.floor(ft / every + 1e-9))
-                    break
-                # the codec context's size is only the header's claim: each frame can differ
-                if frame.width * frame.height > lim.max_pixels:
-                    raise FileProblem(
-                        f"video frame at {ft:.3f} s is {frame.width}x{frame.height}, over the "
-                        f"{lim.max_pixels / 1e6:.0f} Mpx limit (the header said {w}x{h})"
-                    )
-                still = _reduce(frame.to_image(), lim.still_side)
-                out["parts"].append(({"record": rpt.STILL, "timestamp": round(float(ft), 3)}, still, None))
-                got += 1
-                if task.thumb is not None:
-                    break
-                k = int(math.floor(ft / every + 1e-9)) + 1
-                next_t = k * every
-        except av.error.FFmpegError as e:
-            if got == 0 and task.start == 0:
-                raise FileProblem(f"corrupt video ({desc}): {_av_reason(e)}") from None
-            out["note"] = f"video decoding stopped early: {_av_reason(e)}"
-        if got == 0 and task.start == 0:
-            raise FileProblem(f"no decodable video frame in {desc} file")
-        out["more"] = more
-
-
-def process(task: Task, lim: Limits) -> dict:
-    """Hash, classify and decode one file (or one segment of one). Never raises."""
-    warnings.simplefilter("ignore")
-    out: dict[str, Any] = {
-        "idx": task.idx,
-        "sha256": task.sha256,
-        "size": None,
-        "kind": None,
-        "status": None,
-        "reason": None,
-        "parts": [],
-        "more": None,
-        "multi": False,
-        "note": None,
-    }
-    try:
-        fh, st = _open_regular(task.abspath)
-        with fh:
-            out["size"] = st.st_size
-            identity = (st.st_size, st.st_mtime_ns, st.st_ino)
-            out["identity"] = identity
-            if task.identity is not None and task.identity != identity:
-                raise FileProblem("file changed during the run (size or mtime differ between segments)")
-            if task.sha256 is None:
-                out["sha256"], head, n = _hash(fh)
-                if n != st.st_size:
-                    raise FileProblem("file changed while it was read (size differs)")
-            else:
-                fh.seek(0)
-                head = fh.read(4096)
-            if out["sha256"] in task.skip_shas:
-                out["status"] = "resumed"
-                return out
-            if st.st_size == 0:
-                raise FileProblem("empty file (0 bytes)", kind="empty")
-            tail = b""
-            if st.st_size > 18:
-                fh.seek(st.st_size - 18)
-                tail = fh.read(18)
-            what, desc = sniff_bytes(head, tail, task.rel)
-            if what == "skipped":
-                raise FileProblem(desc, "skipped", "other")
-            out["format"] = desc
-            if what == "image":
-                _image_parts(fh, desc, task, lim, out)
-            else:
-                _video_parts(fh, desc, task, lim, out)
-    except FileProblem as e:
-        out["status"], out["reason"] = e.status, e.reason
-        out["kind"] = out["kind"] or e.kind
-        out["parts"] = []
-    except MemoryError:
-        out["status"], out["reason"] = "error", "out of memory while decoding"
-        out["parts"] = []
-    except Exception as e:  # noqa: BLE001 - last line of defence: one line, never a traceback
-        out["status"], out["reason"] = "error", f"unexpected {type(e).__name__}: {one_line(e)}"
-        out["parts"] = []
-    if task.thumb is not None:
-        out["thumb"] = _data_uri(out["parts"][0][1]) if out["parts"] and out["parts"][0][1] else None
-        out["parts"] = []
-    elif worker_transform() is not None and out["parts"]:
-        transform = worker_transform()
-        try:
-            out["parts"] = [(m, transform(im) if im is not None else None, e) for m, im, e in out["parts"]]
-        except Exception as e:  # noqa: BLE001
-            out.update(
-                status="error", reason=f"cannot prepare image for the embedder: {one_line(e)}", parts=[]
-            )
-    return out
-
-
-def _data_uri(im, side: int = 160) -> str:
-    im = im.copy()
-    im.thumbnail((side, side))
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, format="JPEG", quality=72)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-#: The embedder's decode-side preparation (classic: trim + shrink; clip: resize/crop), run in the
-#: workers so the main process only runs the model. Set by the pool initializer (fork: not pickled).
-# ==================================================================================================
-# The decode pool: ordered, bounded, with timeouts and crash isolation
-# ==================================================================================================
-class DecodePool(WorkerPool):
-    """The worker pool running dump tasks: per-task timeout (plus hashing time), crash and hang
-    attribution, counts of both."""
-
-    def __init__(self, workers: int, limits: Limits, timeout: float, transform=None):
-        super().__init__(workers, transform)
-        self.limits = limits
-        self.timeout = timeout
-        self.crashes = 0
-        self.timeouts = 0
-
-    def submit(self, task: Task) -> Future:
-        return self.run(process, task, self.limits)
-
-    def run_one(self, task: Task) -> dict:
-        """Run one task alone (after a crash), attributing a crash or hang to it."""
-        fut = self.submit(task)
-        return self.wait(fut, task, isolated=True)
-
-    def task_timeout(self, task: Task) -> float:
-        """The decode timeout, plus reading time at a slow 50 MB/s when the task hashes the file
-        (a 20 GB video must not be killed for taking long to hash)."""
-        if task.sha256 is not None:
-            return self.timeout
-        try:
-            size = os.lstat(task.abspath).st_size
-        except OSError:
-            size = 0
-        return self.timeout + size / 50e6
-
-    def wait(self, fut: Future, task: Task, isolated: bool = False) -> dict | None:
-        """The result, or None when the pool broke (caller retries in-flight tasks in isolation)."""
-        try:
-            return fut.result(timeout=self.task_timeout(task))
-        except FutureTimeout:
-            self.timeouts += 1
-            self._kill()
-            return _failed(task, f"decoding took longer than {self.task_timeout(task):.0f} s: worker killed")
-        except BrokenProcessPool:
-            self.crashes += 1
-            self._kill()
-            if isolated:
-                return _failed(task, "the decoder crashed on this file (worker process died)")
-            return None
-        except Exception as e:  # noqa: BLE001 - e.g. the task could not be pickled
-            return _failed(task, f"decode failed: {one_line(e)}")
-
-
-def _failed(task: Task, reason: str) -> dict:
-    return {
-        "idx": task.idx,
-        "sha256": task.sha256,
-        "size": None,
-        "kind": None,
-        "status": "error",
-        "reason": reason,
-        "parts": [],
-        "more": None,
-        "multi": False,
-        "note": None,
-    }
 
 
 # ==================================================================================================
@@ -507,30 +92,18 @@ class DumpStats:
         return self.files / self.seconds if self.seconds > 0 else 0.0
 
 
-def _prep_fns(matcher):
-    """(decode-side transform run in workers, embed function for its outputs) of the matcher's
-    embedder, as matcher.run.pipeline defines them; (None, None) when there is none."""
-    emb = getattr(matcher, "embedder", None)
-    if emb is None or not hasattr(matcher, "match_vectors"):
-        return None, None
-    try:
-        from matcher.run.pipeline import _prep_fns as prep
-    except ImportError:
-        return None, None
-    return prep(emb)
+def _match_images(matcher, prepared: list, min_confidence: float | None = None, vectors: list | None = None):
+    """MatchResults for a batch of stills prepared by the decoder (embedded together, scored
+    together); `vectors` holds a vector where one was already computed (the ray engine) and receives
+    the others."""
+    vectors = vectors if vectors is not None else [None] * len(prepared)
+    todo = [k for k, v in enumerate(vectors) if v is None]
+    if todo:
+        for k, vec in zip(todo, matcher.embedder.embed_prepared([prepared[k] for k in todo]), strict=True):
+            vectors[k] = vec
+    import numpy as np
 
-
-def _match_images(
-    matcher, images: list, min_confidence: float | None = None, embed=None, vectors_out: list | None = None
-) -> list:
-    """MatchResults for a batch of images (embedded together, scored together). ``embed`` embeds
-    images already prepared by the workers' transform; ``vectors_out`` receives the embeddings."""
-    if embed is not None or (hasattr(matcher, "match_vectors") and hasattr(matcher, "embedder")):
-        vecs = embed(images) if embed is not None else matcher.embedder.embed(images)
-        if vectors_out is not None:
-            vectors_out.extend(vecs)
-        return list(matcher.match_vectors(vecs, min_confidence=min_confidence))
-    return list(matcher.match_many(images, min_confidence=min_confidence))
+    return list(matcher.match_vectors(np.stack(vectors), min_confidence=min_confidence))
 
 
 def run_provenance(matcher, min_confidence: float | None) -> dict:
@@ -560,108 +133,6 @@ def run_provenance(matcher, min_confidence: float | None) -> dict:
     return out
 
 
-def _result_note(r) -> str | None:
-    """The one-line reason of a verdict that is not a plain match by similarity."""
-    notes = []
-    if r.identical:
-        ref = r.identical
-        notes.append(f"byte-identical to reference {ref['reference']} (sha256 {ref['sha256']})")
-    if r.tie:
-        notes.append(f"tie between {' and '.join(r.tie)}: no title chosen")
-    if r.override_changed:
-        notes.append(f"verdict changed by --min-confidence {r.threshold:g}")
-    return "; ".join(notes) or None
-
-
-def aggregate(parts: list[dict], kind: str) -> dict:
-    """Verdict of a video / multi-frame file from its part records (majority of matched stills)."""
-    ok = [p for p in parts if p.get("status") in ("matched", "unknown")]
-    unit = "stills" if kind == "video" else "frames"
-    if not ok:
-        first = next(
-            (p.get("reason") or p.get("error") for p in parts if p.get("reason") or p.get("error")), None
-        )
-        return {
-            "status": "error",
-            "title": None,
-            "confidence": 0.0,
-            "candidates": [],
-            "evidence": [],
-            "reason": f"no {unit} could be matched" + (f": {first}" if first else ""),
-        }
-    # One statistic per title, used for both the verdict and the candidates (so they never disagree):
-    # the stills that matched it, the stills whose best candidate it is, and their mean confidence.
-    votes = Counter(p["title"] for p in ok if p.get("status") == "matched")
-    nearest: dict[str, list[float]] = defaultdict(list)
-    for p in ok:
-        if p.get("candidates"):
-            nearest[p["candidates"][0]["title"]].append(float(p.get("confidence") or 0.0))
-    for t in votes:
-        nearest.setdefault(t, [])
-    stat = {t: (votes.get(t, 0), len(c), round(sum(c) / len(c), 6) if c else 0.0) for t, c in nearest.items()}
-    order = sorted(stat, key=lambda t: (-stat[t][0], -stat[t][1], -stat[t][2], t))
-    candidates = [
-        {"title": t, "score": stat[t][2], "matched": stat[t][0], "nearest": stat[t][1]} for t in order
-    ]
-    tie: list[str] = []
-    if order:
-        tie = [t for t in order if stat[t] == stat[order[0]]]
-        tie = tie if len(tie) > 1 else []
-    if votes and not tie:
-        title = order[0]
-        support = [p for p in ok if p.get("title") == title]
-        confidence = stat[title][2]
-        status = "matched"
-        reason = f"{votes[title]} of {len(parts)} {unit} matched {title}"
-        others = {t: n for t, n in votes.items() if t != title}
-        if others:
-            reason += "; others: " + ", ".join(
-                f"{t} ({n})" for t, n in sorted(others.items(), key=lambda x: -x[1])
-            )
-    else:
-        title = None
-        support = ok
-        confidence = stat[order[0]][2] if order else 0.0
-        status = "unknown"
-        if tie:
-            reason = f"tie between {' and '.join(tie)} ({stat[tie[0]][0]} {unit} each): no title chosen"
-        else:
-            reason = f"none of {len(parts)} {unit} matched a title"
-    evidence = []
-    for p in support:
-        for e in p.get("evidence") or []:
-            if title is None or e.get("title") == title:
-                where = (
-                    {"query_timestamp": p.get("timestamp")}
-                    if kind == "video"
-                    else {"query_frame": p.get("frame")}
-                )
-                evidence.append({**e, **where})
-    evidence.sort(key=lambda e: -float(e.get("similarity") or 0))
-    seen_refs: set = set()
-    unique = []
-    for e in evidence:  # one entry per reference still: the leak still that matched it best
-        ref = (e.get("reference"), e.get("timestamp"))
-        if ref not in seen_refs:
-            seen_refs.add(ref)
-            unique.append(e)
-    evidence = unique
-    errors = sum(1 for p in parts if p.get("status") == "error")
-    if errors:
-        reason += f"; {errors} {unit} could not be decoded"
-    return {
-        "status": status,
-        "title": title,
-        "confidence": round(confidence, 6),
-        "candidates": candidates[:10],
-        "evidence": evidence[:8],
-        "reason": reason,
-        "tie": tie,
-        # conservative: at least one still's verdict was changed by --min-confidence
-        "override_changed": any(p.get("override_changed") for p in ok),
-    }
-
-
 class DumpRun:
     """One `matcher match DUMP_DIR` run. Use `run()`; it returns `DumpStats`."""
 
@@ -685,6 +156,8 @@ class DumpRun:
         min_confidence: float | None = None,
         fsync: bool = True,
         new_section: bool = False,
+        engine: str = "local",
+        address: str | None = None,
     ):
         self.root = Path(root)
         self.matcher = matcher
@@ -693,6 +166,10 @@ class DumpRun:
             max_pixels=max_pixels, every=every, all_frames=all_frames, segment=max(1, segment)
         )
         self.quiet = quiet
+        if engine not in ("local", "ray"):
+            raise ValueError(f"unknown engine {engine!r}: local or ray")
+        self.engine, self.address = engine, address
+        self.workers_given = workers is not None
         self.workers = workers or config.default_workers()
         self.batch_size = max(1, batch_size)
         self.decode_timeout = decode_timeout
@@ -702,7 +179,6 @@ class DumpRun:
         self.fsync = fsync
         self.new_section = new_section
         self.memory_records: list[dict] = []
-        self.embed_fn = None
         self.vector_log = None
         self.stats = DumpStats()
 
@@ -725,25 +201,7 @@ class DumpRun:
 
     @staticmethod
     def _record(st: _FileState, record: str | None, size, **fields) -> dict:
-        """One report line with every field present (file verdicts and video stills / frames alike)."""
-        rec = {
-            "record": record,
-            "path": st.entry.rel,
-            "sha256": st.sha256,
-            "size": size,
-            "kind": st.kind,
-            "status": None,
-            "reason": None,
-            "title": None,
-            "confidence": 0.0,
-            "candidates": [],
-            "evidence": [],
-            "error": None,
-        }
-        rec.update(fields)
-        if rec["status"] == "error":
-            rec["error"] = rec["reason"]
-        return rec
+        return report_record(record, st.entry.rel, st.sha256, **{"size": size, "kind": st.kind, **fields})
 
     def _finish(self, st: _FileState, rec: dict) -> None:
         if rec["sha256"] is None and self.report is not None and self.report.is_done(rec["path"], None):
@@ -869,8 +327,8 @@ class DumpRun:
             self.abspaths: dict[str, bytes] = {}  # only names that are not valid UTF-8
             entries = self._exclude_outputs(walk(self.root))
             self._progress_start(total)
-            transform, self.embed_fn = _prep_fns(self.matcher)
-            self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, transform)
+            prepare = self.matcher.embedder.prepare
+            self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, prepare)
             self._loop(entries)
             self.stats.seconds = time.monotonic() - self.t0
             self.stats.crashes, self.stats.timeouts = self.pool.crashes, self.pool.timeouts
@@ -944,68 +402,74 @@ class DumpRun:
                 e = Entry(e.rel, e.abspath, "skipped", "matcher's own output file for this run: not matched")
             yield e
 
-    def _loop(self, entries: Iterator[Entry]) -> None:
-        window = self.workers * 2
-        inflight: deque[tuple[_FileState, Task, Future]] = deque()
-        self.queue: list[tuple[_FileState, dict, Any]] = []
-        report = self.report
-
-        def submit(st: _FileState, task: Task) -> None:
-            inflight.append((st, task, self.pool.submit(task)))
-
-        it = iter(entries)
-        exhausted = False
-        while True:
-            while not exhausted and len(inflight) < window:
-                entry = next(it, None)
-                if entry is None:
-                    exhausted = True
-                    break
-                st = _FileState(entry=entry, task=None)
-                if entry.kind != "file":
-                    if self.report is not None and self.report.is_done(entry.rel, None):
-                        self.stats.resumed += 1
-                        self._advance()
-                        continue
-                    rec = self._file_record(
-                        st,
-                        status=entry.kind,
-                        reason=entry.reason,
-                        kind="link" if "symbolic link" in (entry.reason or "") else "special",
-                    )
-                    self._finish(st, rec)
-                    continue
-                skip = report.done_shas(entry.rel) if report is not None else frozenset()
-                task = Task(idx=0, rel=entry.rel, abspath=entry.abspath, skip_shas=skip)
-                st.task = task
+    def _tasks(self, entries: Iterator[Entry]) -> Iterator[tuple[_FileState, Task | None]]:
+        """(file state, decode task) per entry; an entry that is not a file (a link, a FIFO) has no
+        task: it is reported as it is, in its place."""
+        for entry in entries:
+            st = _FileState(entry=entry, task=None)
+            if entry.kind == "file":
+                skip = self.report.done_shas(entry.rel) if self.report is not None else frozenset()
+                st.task = Task(idx=0, rel=entry.rel, abspath=entry.abspath, skip_shas=skip)
                 st.outstanding = 1
-                submit(st, task)
-            if not inflight:
-                break
-            st, task, fut = inflight[0]
-            if not fut.done() and self.queue:
-                self._flush()
+            yield st, st.task
+
+    def _results(self, entries: Iterator[Entry]) -> Iterator[tuple[_FileState, Task | None, dict | None]]:
+        """(file state, task, decoder result) in walk order, from the executor: the local pool, or
+        Ray (whose results carry vectors where the local ones carry prepared stills)."""
+        if self.engine != "ray":
+
+            def idle() -> bool:  # embed what is decoded while the next file is still decoding
+                if self.queue:
+                    self._flush()
+                    return True
+                return False
+
+            yield from decode_in_order(self.pool, self._tasks(entries), max(2, self.workers * 2), idle)
+            return
+        from matcher.run import ray_engine
+
+        tasks = list(self._tasks(entries))
+        files = [(n, task) for n, (_st, task) in enumerate(tasks) if task is not None]
+        stream = ray_engine.decode_and_embed(
+            files, self.matcher.embedder, self.limits, batch_size=self.batch_size, address=self.address,
+            workers=self.workers if self.workers_given else None,
+        )  # fmt: skip
+        pending = next(stream, None)
+        for n, (st, task) in enumerate(tasks):
+            if task is None:
+                yield st, None, None
+            while pending is not None and pending[0] == n:  # every segment of this file
+                yield st, task, pending[1]
+                pending = next(stream, None)
+
+    def _loop(self, entries: Iterator[Entry]) -> None:
+        self.queue: list[tuple[_FileState, dict, Any, Any]] = []  # (file, part meta, prepared, vector)
+        for st, task, res in self._results(entries):
+            if task is None:
+                self._not_a_file(st)
                 continue
-            inflight.popleft()
-            res = self.pool.wait(fut, task)
-            if res is None:  # the pool broke: retry everything in flight one at a time
-                retry = [(st, task)] + [(s, t) for s, t, _ in inflight]
-                inflight.clear()
-                for s, t in retry:
-                    self._handle(s, t, self.pool.run_one(t), submit)
-                continue
-            self._handle(st, task, res, submit)
+            self._handle(st, task, res)
             if len(self.queue) >= self.batch_size:
                 self._flush()
         self._flush()
 
-    def _handle(self, st: _FileState, task: Task, res: dict, submit) -> None:
+    def _not_a_file(self, st: _FileState) -> None:
+        entry = st.entry
+        if self.report is not None and self.report.is_done(entry.rel, None):
+            self.stats.resumed += 1
+            self._advance()
+            return
+        kind = "link" if "symbolic link" in (entry.reason or "") else "special"
+        self._finish(st, self._file_record(st, status=entry.kind, reason=entry.reason, kind=kind))
+
+    def _handle(self, st: _FileState, task: Task, res: dict) -> None:
         st.outstanding -= 1
         if res["status"] == "resumed":
             self.stats.resumed += 1
             self._advance()
             return
-        if task.start == 0:
+        start = int(res.get("start") or 0)
+        if start == 0:
             st.sha256 = res.get("sha256")
             st.size = res.get("size")
             st.kind = res.get("kind")
@@ -1018,12 +482,12 @@ class DumpRun:
         if res.get("note") and res["note"] not in st.notes:
             st.notes.append(res["note"])
         if res["status"] in ("error", "skipped"):
-            if task.start == 0 or not st.multi:
+            if start == 0 or not st.multi:
                 rec = self._file_record(st, status=res["status"], reason=res["reason"], kind=st.kind)
                 st.decoding = False
                 self._finish(st, rec)
                 return
-            st.notes.append(f"segment from {task.start} failed: {res['reason']}")
+            st.notes.append(f"segment from {start} failed: {res['reason']}")
         for meta, image, err in res.get("parts", []):
             if st.multi:
                 key = rpt.part_key({**meta})
@@ -1036,23 +500,12 @@ class DumpRun:
                 st.parts.append(prec)
                 continue
             st.outstanding += 1
-            self.queue.append((st, meta, image))
+            # ray: the executor embedded it already (a vector where the local pool hands a still)
+            self.queue.append((st, meta, None, image) if self.engine == "ray" else (st, meta, image, None))
         if len(self.queue) >= self.batch_size:
             self._flush()
         if res.get("more") is not None:
-            # the next segment of a long video / animation joins the in-flight window
-            st.outstanding += 1
-            submit(
-                st,
-                Task(
-                    idx=0,
-                    rel=task.rel,
-                    abspath=task.abspath,
-                    start=res["more"],
-                    sha256=st.sha256,
-                    identity=st.identity,
-                ),
-            )
+            st.outstanding += 1  # the executor decodes the next segment of this file next
             return
         st.decoding = False
         self._maybe_finalize(st)
@@ -1065,35 +518,33 @@ class DumpRun:
         if not self.queue:
             return
         batch, self.queue = self.queue, []
-        images = [im for _, _, im in batch]
-        vecs: list = []
+        images = [im for _, _, im, _ in batch]
+        vecs: list = [vec for _, _, _, vec in batch]
         try:
-            results = _match_images(self.matcher, images, self.min_confidence, self.embed_fn, vecs)
+            results = _match_images(self.matcher, images, self.min_confidence, vecs)
         except Exception as e:  # noqa: BLE001 - one bad batch must not end the run: retry one by one
-            results, vecs = [], []
-            for im in images:
+            results, vecs = [], [None] * len(batch)
+            for k, (_, _, im, vec) in enumerate(batch):
                 try:
-                    results.extend(_match_images(self.matcher, [im], self.min_confidence, self.embed_fn))
+                    one = [vec]
+                    results.extend(_match_images(self.matcher, [im], self.min_confidence, one))
+                    vecs[k] = one[0]
                 except Exception as e2:  # noqa: BLE001
                     results.append(e2)
             del e
         self.stats.stills += len(images)
         touched = []
-        for n, ((st, meta, _), r) in enumerate(zip(batch, results, strict=True)):
+        for n, ((st, meta, _, _), r) in enumerate(zip(batch, results, strict=True)):
             st.outstanding -= 1
-            if len(vecs) == len(batch) and not isinstance(r, Exception):
+            if vecs[n] is not None and not isinstance(r, Exception):
                 st.vectors.append(vecs[n])
             if isinstance(r, Exception):
                 fields = {"status": "error", "reason": f"matching failed: {one_line(r)}"}
             else:
-                if not st.multi and st.sha256 and hasattr(self.matcher, "mark_identical"):
+                if not st.multi and st.sha256:
                     r.sha256 = st.sha256  # a byte copy of a reference is reported as that reference
                     self.matcher.mark_identical(r)
-                d = r.to_dict()
-                d.pop("path", None)
-                d.pop("sha256", None)
-                d.pop("timestamp", None)
-                fields = {**d, "status": r.status, "reason": _result_note(r)}
+                fields = verdict_fields(r)
             if st.multi:
                 prec = self._part_record(st, meta, **fields)
                 self._write(prec)
@@ -1166,30 +617,15 @@ class DumpRun:
             cache[key] = res.get("thumb") if ok else None
 
         def prefetch(jobs) -> None:
-            """Decode many thumbnails in parallel (bounded window), surviving crashes and hangs."""
-            window = self.workers * 2
-            inflight: deque = deque()
-            jobs = iter(jobs)
-            while True:
-                while len(inflight) < window:
-                    job = next(jobs, None)
-                    if job is None:
-                        break
-                    key, task, sha = job
-                    if key in cache:
-                        continue
-                    cache[key] = None
-                    inflight.append((key, task, sha, pool.submit(task)))
-                if not inflight:
-                    return
-                key, task, sha, fut = inflight.popleft()
-                res = pool.wait(fut, task)
-                if res is None:
-                    retry = [(key, task, sha)] + [(k, t, h) for k, t, h, _ in inflight]
-                    inflight.clear()
-                    for k, t, h in retry:
-                        store(k, pool.run_one(t), h)
-                    continue
+            """Decode many thumbnails in parallel (the one decode loop), surviving crashes and hangs."""
+
+            def new(jobs):
+                for key, task, sha in jobs:
+                    if key not in cache:
+                        cache[key] = None
+                        yield (key, sha), task
+
+            for (key, sha), _task, res in decode_in_order(pool, new(jobs), max(2, self.workers * 2)):
                 store(key, res, sha)
 
         def jobs():
@@ -1248,6 +684,8 @@ def cli_main(
     min_confidence: float | None = None,
     as_json: bool = False,
     new_section: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> int:
     """`matcher match DUMP_DIR --out ...`: run, print the summary, return the exit code.
 
@@ -1287,6 +725,8 @@ def cli_main(
         min_confidence=min_confidence,
         on_record=on_record,
         new_section=new_section,
+        engine=engine,
+        address=address,
     )
     import signal
 
@@ -1320,7 +760,7 @@ def cli_main(
     try:
         try:
             stats = run.run()
-        except rpt.ReportError as e:
+        except MatcherError as e:  # the report (locked, not ours), Ray unavailable: one line
             err(str(e))
             return 2
         except KeyboardInterrupt:

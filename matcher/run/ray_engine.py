@@ -1,8 +1,8 @@
 """The Ray executor (issue 16): the same stages as the local pool (run.stages), run by Ray Data on
 a cluster: read -> map_batches(DecodeStage) as tasks -> map_batches(EmbedStage) on an actor pool
-(one GPU per actor when the cluster has GPUs) -> rows back to the caller, who stores or scores
-them exactly as the local executor's. `pip install 'matcher[ray]'`; without an address a local
-Ray is started on this machine's cores.
+(one GPU per actor when the cluster has GPUs) -> results streamed back in input order to the
+caller, who stores or scores them exactly as the local executor's (index add, match, dump mode).
+`pip install 'matcher[ray]'`; without an address a local Ray is started on this machine's cores.
 
 A worker that dies mid-run is replaced and its batch run again (Ray's task retries and actor
 restarts): every file still gives exactly one result."""
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
 
-import numpy as np
-
+from matcher.decode.decoder import Limits
 from matcher.errors import MatcherError
 from matcher.run.stages import DecodeStage, EmbedStage
 
@@ -59,28 +59,28 @@ def embedder_options(embedder) -> dict:
     return opts
 
 
-def embed_files(
-    files: dict[int, str],
+def decode_and_embed(
+    tasks: list,
     embedder,
-    transform,
+    limits: Limits,
     *,
-    every: float,
-    distinct: bool,
-    keep: bool,
     batch_size: int,
     address: str | None = None,
     workers: int | None = None,
-) -> dict[int, list[tuple]]:
-    """{input number: [(still tuple | None, vector | None, (error path, reason) | None), ...]} in
-    the order the local executor yields them (a file's stills, then its error if any)."""
+) -> Iterator[tuple[Any, dict]]:
+    """(key, result) for every segment of every task ((key, decoder.Task) pairs), streamed in input
+    order; each decoded part of a result carries its vector (float32) where the local executor
+    carries the prepared still."""
     ray = connect(address, workers)
-    if not files:
-        return {}
+    if not tasks:
+        return
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    items = [{"i": i, "path": p} for i, p in files.items()]
+    # rows come back in input order as they are done (streamed: a dump's report grows as it runs)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    items = [{"key": n, "task": pickle.dumps(task)} for n, (_key, task) in enumerate(tasks)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * (workers or 2))))
     decode_pool = ray.data.TaskPoolStrategy(size=workers) if workers else None
-    ds = ds.map_batches(DecodeStage(every, distinct, keep, transform), batch_size=1, compute=decode_pool)
+    ds = ds.map_batches(DecodeStage(limits, embedder.prepare), batch_size=1, compute=decode_pool)
     ds = ds.map_batches(
         EmbedStage,
         fn_constructor_kwargs={"spec": embedder.spec, "options": embedder_options(embedder)},
@@ -88,11 +88,5 @@ def embed_files(
         compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
         num_gpus=1 if gpus else 0,
     )
-    out: dict[int, list[tuple]] = defaultdict(list)
-    for row in sorted(ds.take_all(), key=lambda r: (int(r["i"]), int(r["j"]))):
-        if row["error"]:
-            out[int(row["i"])].append((None, None, (row["error_path"], row["error"])))
-        else:
-            vec = np.frombuffer(row["vector"], dtype=np.float32).copy()
-            out[int(row["i"])].append((pickle.loads(row["still"]), vec, None))
-    return out
+    for row in ds.iter_rows():
+        yield tasks[int(row["key"])][0], pickle.loads(row["result"])

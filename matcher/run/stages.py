@@ -1,13 +1,15 @@
-"""The pipeline's stages as small picklable callables over batches (issue 16): an executor runs
-them in its own workers, here (run.pipeline's pool) or on a Ray cluster (run.ray_engine), and the
-stage does not know which. A batch is a dict of equal-length lists (Ray Data's "default" format).
+"""The pipeline's stages as small picklable callables over batches: an executor runs them in its own
+workers (here: run.pool's decode_in_order, then the embedder in this process; on a cluster: Ray Data,
+run.ray_engine) and the stage does not know which. A batch is a dict of equal-length lists (Ray
+Data's "default" format); a row is one decode task (a file, or one segment of a long one).
 
-    DecodeStage  {"i", "path"} -> one row per still, and one per failed file (after its stills):
-                                  {"i", "j", "still", "error_path", "error"}
-    EmbedStage   those rows    -> the same rows plus "vector" (float32 bytes; b"" on an error row)
+    DecodeStage  {"key", "task"}   -> one row per segment: {"key", "segment", "result"}
+    EmbedStage   those rows        -> the same rows, each prepared still replaced by its vector
+                                      (float32, dim): only vectors travel back
 
-`still` is a pickled (path, sha256, timestamp, timestamp_end, prepared, kept_image) tuple: Arrow
-has no column type for a PIL image or a torch tensor, and bytes cross any executor unchanged.
+`task` and `result` are pickled (decoder.Task, the decoder's result dict): Arrow has no column type
+for a PIL image or a torch tensor, and bytes cross any executor unchanged. After EmbedStage the
+prepared stills are replaced by their vectors.
 """
 
 from __future__ import annotations
@@ -16,52 +18,72 @@ import pickle
 
 import numpy as np
 
-from matcher.run.pipeline import _decode, _prep_fns
+from matcher.decode.decoder import Limits, decode_segments
+from matcher.decode.sources import InputError
+
+
+def stills_of(result: dict, path: str) -> tuple[list[tuple], InputError | None]:
+    """The decoder's result for one file (or segment) as still tuples (path, sha256, timestamp,
+    timestamp_end, prepared, kept, frame) and the file's error, if it failed (after the stills it
+    did yield). A frame of an animation that cannot be decoded fails alone."""
+    stills, error = [], None
+    for meta, prepared, part_error in result["parts"]:
+        if part_error is not None:
+            where = f" (frame {meta.get('frame')})" if meta.get("frame") is not None else ""
+            error = error or InputError(path, f"{part_error}{where}")
+            continue
+        stills.append(
+            (path, result["sha256"], meta.get("timestamp"), meta.get("timestamp_end"), prepared,
+             meta.get("kept"), meta.get("frame"))
+        )  # fmt: skip
+    if result["status"] is not None and result["status"] != "resumed":
+        error = InputError(path, result["reason"], result["status"])
+    return stills, error
+
+
+def embeddable(result: dict) -> list[int]:
+    """Indices of the parts of a result that have a prepared still to embed."""
+    return [n for n, (_m, image, err) in enumerate(result["parts"]) if err is None and image is not None]
 
 
 class DecodeStage:
-    """Decode files into prepared stills with the embedder's decode-side transform; a file that
-    fails gives one row with `error` set, after the stills it did yield (the order is kept by j)."""
+    """Decode each task's file, every segment, with the embedder's decode-side `prepare`."""
 
-    def __init__(self, every: float, distinct: bool, keep: bool, transform=None):
-        self.every, self.distinct, self.keep, self.transform = every, distinct, keep, transform
+    def __init__(self, limits: Limits, prepare=None):
+        self.limits, self.prepare = limits, prepare
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"i": [], "j": [], "still": [], "error_path": [], "error": []}
-        for i, path in zip(batch["i"], batch["path"], strict=True):
-            stills, error = _decode(str(path), self.every, self.distinct, self.keep, self.transform)
-            for j, still in enumerate(stills):
-                out["i"].append(int(i))
-                out["j"].append(j)
-                out["still"].append(pickle.dumps(still, protocol=pickle.HIGHEST_PROTOCOL))
-                out["error_path"].append("")
-                out["error"].append("")
-            if error is not None:
-                out["i"].append(int(i))
-                out["j"].append(len(stills))
-                out["still"].append(b"")
-                out["error_path"].append(str(error[0]))
-                out["error"].append(error[1])
+        out: dict[str, list] = {"key": [], "segment": [], "result": []}
+        for key, task in zip(batch["key"], batch["task"], strict=True):
+            for segment, result in enumerate(decode_segments(pickle.loads(task), self.limits, self.prepare)):
+                out["key"].append(key)
+                out["segment"].append(segment)
+                out["result"].append(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         return out
 
 
 class EmbedStage:
-    """Embed the prepared stills of a batch. Constructed once per worker (a Ray actor holds the
-    model), from the model spec and its options, so the model itself never crosses a process."""
+    """Embed the prepared stills of a batch of results. Constructed once per worker (a Ray actor
+    holds the model), from the model spec and its options, so the model never crosses a process."""
 
     def __init__(self, spec: str, options: dict | None = None):
         from matcher.embed import create_embedder
 
-        self.embed = _prep_fns(create_embedder(spec, **(options or {})))[1]
+        self.embedder = create_embedder(spec, **(options or {}))
 
     def __call__(self, batch: dict) -> dict:
-        rows = [k for k, err in enumerate(batch["error"]) if not err]
-        vectors = [b""] * len(batch["error"])
-        if rows:
-            prepared = [pickle.loads(batch["still"][k])[4] for k in rows]
-            for k, vec in zip(rows, np.asarray(self.embed(prepared), dtype=np.float32), strict=True):
-                vectors[k] = vec.tobytes()
+        results = [pickle.loads(r) for r in batch["result"]]
+        todo = [(k, n) for k, res in enumerate(results) for n in embeddable(res)]
+        vectors = np.zeros((len(todo), self.embedder.dim), np.float32)
+        if todo:
+            vectors = np.asarray(
+                self.embedder.embed_prepared([results[k]["parts"][n][1] for k, n in todo]), np.float32
+            )
+        for (k, n), vec in zip(todo, vectors, strict=True):  # the vector takes the prepared still's place
+            meta, _image, err = results[k]["parts"][n]
+            results[k]["parts"][n] = (meta, vec, err)
         return {
-            **{key: list(batch[key]) for key in ("i", "j", "still", "error_path", "error")},
-            "vector": vectors,
+            "key": list(batch["key"]),
+            "segment": list(batch["segment"]),
+            "result": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in results],
         }

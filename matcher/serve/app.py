@@ -38,7 +38,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from matcher import config
-from matcher.run import dump
+from matcher.decode.decoder import MAX_PIXELS, Task
+from matcher.records import one_line
 from matcher.serve.engine import IndexHolder, Upload, UploadMatcher
 from matcher.serve.reviews import DECISIONS, Report, ReviewError, ReviewLog, export
 
@@ -72,7 +73,7 @@ class ServeConfig(BaseModel):
     workers: int = config.SERVE_WORKERS
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
     max_files: int = DEFAULT_MAX_FILES
-    max_pixels: int = dump.DEFAULT_MAX_PIXELS
+    max_pixels: int = MAX_PIXELS
     every: float = config.EVERY
     max_stills: int = 64
     decode_timeout: float = 60.0
@@ -479,7 +480,7 @@ def create_app(config: ServeConfig, state: State | None = None) -> FastAPI:
         with st.thumb_lock:
             jpeg = st.thumbs.get(key)
         if jpeg is None:
-            task = dump.Task(idx=0, rel=source, abspath=os.fsencode(source), thumb=spec)
+            task = Task(idx=0, rel=source, abspath=os.fsencode(source), thumb=spec)
             res = st.engine.decoder.decode(task)
             if res.get("sha256") is not None and res.get("sha256") != sha256:
                 raise HTTPException(409, f"{what}: the file at its source changed since {since}")
@@ -606,7 +607,7 @@ def _reference_id(store, ev: dict) -> int | None:
 
 def _label(name: str | None) -> str:
     """The client's file name as a one-line label (never used as a path)."""
-    return dump.one_line(os.path.basename(str(name or "").replace("\\", "/")), MAX_LABEL)
+    return one_line(os.path.basename(str(name or "").replace("\\", "/")), MAX_LABEL)
 
 
 def _ascii(name: str) -> str:

@@ -1,11 +1,11 @@
 """What the server does with an upload, without any HTTP: decode it the way dump mode does, match it
 through the `Matcher` API, and keep the index current while `index add` commits beside it.
 
-- Decoding runs in the dump's crash-contained worker pool (`matcher.run.dump.process` in forked
-  processes, pixel limit checked from the header): a decoder that crashes or hangs on one upload
-  fails that upload, never the server. The pool is shared by all requests; when it breaks, each
-  request whose task was in flight retries its own file alone in a one-off worker, so the crash is
-  attributed to the file that caused it.
+- Decoding is the one decoder (matcher.decode.decoder) in the one crash-contained worker pool
+  (matcher.run.pool.DecodePool: forked processes, pixel limit checked from the header): a decoder
+  that crashes or hangs on one upload fails that upload, never the server. The pool is shared by
+  all requests; when it breaks, each request whose task was in flight retries its own file alone
+  in a one-off worker, so the crash is attributed to the file that caused it.
 - Matching is `Matcher.match_vectors` on the embedder's own batch function (the same two calls dump
   mode makes): one matching code path for CLI, dump and server.
 - The index is opened read-only and re-opened when its manifest names a new generation.
@@ -26,8 +26,10 @@ from pathlib import Path
 
 from matcher import config
 from matcher.api import Matcher, MatcherError
-from matcher.records import MatchResult
-from matcher.run import dump
+from matcher.decode import decoder
+from matcher.decode.decoder import Limits, Task
+from matcher.records import MatchResult, one_line
+from matcher.run.pool import DecodePool, decode_in_worker
 from matcher.search.store import MANIFEST
 
 #: Longest a single upload may take to decode before its worker is killed.
@@ -93,19 +95,19 @@ class IndexHolder:
 
 
 class SharedDecoder:
-    """dump.DecodePool shared by concurrent requests; thread-safe, survives crashing decoders.
+    """run.pool.DecodePool shared by concurrent requests; thread-safe, survives crashing decoders.
 
     The workers are forked by one long-lived "keeper" thread, never by a request thread: a worker
     dies with the thread that forked it (run.pool.init_worker sets PR_SET_PDEATHSIG, which Linux ties
     to the forking thread), and the server retires idle request threads."""
 
-    def __init__(self, matcher: Matcher, workers: int, limits: dump.Limits, timeout: float):
-        transform, _ = dump._prep_fns(matcher)
+    def __init__(self, matcher: Matcher, workers: int, limits: Limits, timeout: float):
+        transform = matcher.embedder.prepare
         self.transform = transform
         self.limits = limits
         self.timeout = timeout
         self.lock = threading.Lock()
-        self.pool = dump.DecodePool(workers, limits, timeout, transform)
+        self.pool = DecodePool(workers, limits, timeout, transform)
         self.keeper = ThreadPoolExecutor(1, thread_name_prefix="matcher-decode-keeper")
         self.crashes = 0
 
@@ -131,17 +133,17 @@ class SharedDecoder:
         with self.lock:
             self._executor()
 
-    def decode(self, task: dump.Task) -> dict:
+    def decode(self, task: Task) -> dict:
         executor = None
         try:
             with self.lock:
                 executor = self._executor()
                 try:
-                    future = executor.submit(dump.process, task, self.limits)
+                    future = executor.submit(decode_in_worker, task, self.limits)
                 except BrokenProcessPool:  # broke since the check: replace it once
                     self.pool._kill()
                     executor = self._executor()
-                    future = executor.submit(dump.process, task, self.limits)
+                    future = executor.submit(decode_in_worker, task, self.limits)
             return future.result(timeout=self.timeout)
         except (BrokenProcessPool, FutureTimeout) as exc:
             with self.lock:
@@ -149,15 +151,15 @@ class SharedDecoder:
                     self.pool._kill()
             self.crashes += 1
             if isinstance(exc, FutureTimeout):
-                return dump._failed(task, f"decoding took longer than {self.timeout:.0f} s: worker killed")
+                return decoder.failed(task, f"decoding took longer than {self.timeout:.0f} s: worker killed")
             return self._alone(task)
         except Exception as exc:  # noqa: BLE001 - the pool's own failure fails this upload only
-            return dump._failed(task, f"decode failed: {dump.one_line(exc)}")
+            return decoder.failed(task, f"decode failed: {one_line(exc)}")
 
-    def _alone(self, task: dump.Task) -> dict:
+    def _alone(self, task: Task) -> dict:
         """Retry one file in a worker of its own: a crash there is this file's. (Forked by this
         request thread, which waits for it: the worker cannot outlive its use.)"""
-        solo = dump.DecodePool(1, self.limits, self.timeout, self.transform)
+        solo = DecodePool(1, self.limits, self.timeout, self.transform)
         try:
             return solo.run_one(task)
         finally:
@@ -184,14 +186,14 @@ class UploadMatcher:
         self,
         holder: IndexHolder,
         workers: int = config.SERVE_WORKERS,
-        max_pixels: int = dump.DEFAULT_MAX_PIXELS,
+        max_pixels: int = decoder.MAX_PIXELS,
         every: float = config.EVERY,
         max_stills: int = DEFAULT_MAX_STILLS,
         decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
     ):
         self.holder = holder
         self.max_stills = max_stills
-        self.limits = dump.Limits(max_pixels=max_pixels, every=every, segment=min(32, max_stills))
+        self.limits = Limits(max_pixels=max_pixels, every=every, segment=min(32, max_stills))
         self.decoder = SharedDecoder(holder.matcher, workers, self.limits, decode_timeout)
         self.match_lock = threading.Lock()  # one embed + search at a time: the cores are shared
         self.recent: OrderedDict[tuple, dict] = OrderedDict()  # verdicts a reviewer may override
@@ -200,25 +202,16 @@ class UploadMatcher:
     def decode(self, upload: Upload) -> tuple[dict, list]:
         """(first segment's result, [(meta, prepared image)]) of one upload, all segments of a video
         up to max_stills; a failed decode has status 'error' and a one-line reason."""
-        task = dump.Task(idx=0, rel=upload.label, abspath=os.fsencode(upload.path))
+        task = Task(idx=0, rel=upload.label, abspath=os.fsencode(upload.path))
         first = self.decoder.decode(task)
         parts = [(m, im) for m, im, err in first.get("parts", []) if im is not None]
-        more = first.get("more")
-        while more is not None and len(parts) < self.max_stills and first.get("status") is None:
-            seg = self.decoder.decode(
-                dump.Task(
-                    idx=0,
-                    rel=upload.label,
-                    abspath=task.abspath,
-                    start=more,
-                    sha256=first.get("sha256"),
-                    identity=first.get("identity"),
-                )
-            )
+        following = decoder.next_segment(task, first)
+        while following is not None and len(parts) < self.max_stills:
+            seg = self.decoder.decode(following)
             if seg.get("status") is not None:
                 break
             parts += [(m, im) for m, im, err in seg.get("parts", []) if im is not None]
-            more = seg.get("more")
+            following = decoder.next_segment(following, seg)
         return first, parts[: self.max_stills]
 
     def match(self, uploads: list[Upload], min_confidence: float | None = None) -> list[dict]:
@@ -227,9 +220,9 @@ class UploadMatcher:
         results: list[MatchResult] = []
         if images:
             matcher = self.holder.get()
-            _, embed = dump._prep_fns(matcher)  # the embedder's batch function for decoded stills
             with self.match_lock:
-                results = list(matcher.match_vectors(embed(images), min_confidence=min_confidence))
+                vectors = matcher.embedder.embed_prepared(images)
+                results = list(matcher.match_vectors(vectors, min_confidence=min_confidence))
         out: list[dict] = []
         it = iter(results)
         for upload, first, parts in decoded:
@@ -241,13 +234,11 @@ class UploadMatcher:
             for meta, _ in parts:
                 r = next(it)
                 r.path, r.sha256 = upload.label, sha
-                r.timestamp = meta.get("timestamp")
+                r.timestamp, r.frame = meta.get("timestamp"), meta.get("frame")
                 if len(parts) == 1 and r.timestamp is None and sha:
                     with self.match_lock:  # a byte copy of a reference is that reference, as in dump mode
                         matcher.mark_identical(r)
                 d = r.to_dict()
-                if "frame" in meta:
-                    d["frame"] = meta["frame"]
                 out.append(d)
                 with self.match_lock:
                     self._remember(d)

@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from matcher.errors import MatcherError
+from matcher.records import FILE, FRAME, RUN, STILL, SUMMARY  # noqa: F401 - report.FILE etc.
 
-FILE, STILL, FRAME, RUN, SUMMARY = "file", "still", "frame", "run", "summary"
 PART_RECORDS = (STILL, FRAME)
 STATUSES = ("matched", "unknown", "skipped", "error")
 
