@@ -573,13 +573,13 @@ class Matcher:
     ):
         """Dump mode from Python (what `matcher match DUMP --out/--csv/--html` runs): every entry of
         ``root`` gets one verdict in the JSONL ``out`` (resumable), with optional CSV and HTML
-        reports. ``options``: every, all_frames, workers, min_confidence, quiet, on_record (see
+        reports. ``options``: every, all_frames, workers, min_confidence, on_record, progress,
+        engine ("local" or "ray"), address (see
         matcher.run.dump.DumpRun). Returns DumpStats (counts, per-title summary)."""
         from matcher.run import dump
 
         if not Path(root).is_dir():
             raise MatcherError(f"{root}: not a directory (dump mode matches one dump directory)")
-        options.setdefault("quiet", True)
         return dump.run_dump(root, self, out=out, csv=csv, html=html, **options)
 
     def match_vectors(self, vectors: np.ndarray, min_confidence: float | None = None) -> list[MatchResult]:

@@ -14,7 +14,9 @@ import contextlib
 import csv
 import enum
 import json
+import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import typer
 
 from matcher import config
 from matcher.api import DuplicateInput, Matcher, MatcherError, default_index_dir
-from matcher.records import json_line, safe_text
+from matcher.records import json_line, one_line, safe_text
 from matcher.search import ann
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -466,9 +468,7 @@ def match_cmd(
     except MatcherError as exc:
         _die(str(exc))
     if out or csv_out or html_out:
-        from matcher.run import dump
-
-        code = dump.cli_main(
+        code = dump_mode(
             paths,
             m,
             out=out,
@@ -518,6 +518,182 @@ def match_cmd(
     if results and failed == results:
         typer.echo(f"matcher: error: none of the {results} input(s) could be matched", err=True)
         raise typer.Exit(1)
+
+
+#: Seconds an interrupted dump run has to close its workers and files before it exits regardless.
+TERM_GRACE = config.TERM_GRACE
+
+
+def dump_mode(
+    paths: list,
+    matcher,
+    out=None,
+    csv=None,
+    html=None,
+    every: float = config.EVERY,
+    all_frames: bool = False,
+    quiet: bool = False,
+    workers: int | None = None,
+    min_confidence: float | None = None,
+    as_json: bool = False,
+    new_section: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+) -> int:
+    """`matcher match DUMP_DIR --out ...`: run, print the summary, return the exit code.
+
+    0 when the run processed everything (per-file errors are in the report); 2 when it could not run
+    (bad dump path, report locked/unwritable); 130 when interrupted (the report keeps what was done).
+    """
+
+    def err(msg: str) -> None:
+        print(f"matcher: error: {one_line(msg)}", file=sys.stderr)
+
+    if len(paths) != 1 or not Path(paths[0]).is_dir():
+        what = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
+        err(f"{what}: --out/--csv/--html take exactly one dump directory")
+        return 2
+    outputs = [os.path.realpath(p) for p in (out, csv, html) if p]
+    if len(set(outputs)) < len(outputs):
+        err("--out, --csv and --html must name three different files")
+        return 2
+    on_record = None
+    if as_json:
+        from matcher.records import json_line
+
+        def on_record(rec: dict) -> None:
+            sys.stdout.write(json_line(rec) + "\n")
+            sys.stdout.flush()
+
+    from matcher.run.dump import DumpRun
+
+    bar = _DumpProgress()
+    run = DumpRun(
+        paths[0],
+        matcher,
+        out=out,
+        csv=csv,
+        html=html,
+        every=every,
+        all_frames=all_frames,
+        quiet=quiet,
+        progress=bar.update,
+        workers=workers,
+        min_confidence=min_confidence,
+        on_record=on_record,
+        new_section=new_section,
+        engine=engine,
+        address=address,
+    )
+    import signal
+
+    stopping = []
+
+    def _terminate(signum, frame):
+        """SIGTERM / SIGHUP / Ctrl-C: stop like Ctrl-C; the report is consistent at every moment
+        (one write + fsync per line), so what the clean-up cannot finish in TERM_GRACE seconds is
+        cut short: a signal that lands inside the process pool's own locks could otherwise leave the
+        process waiting forever while it holds the report lock. A second signal exits at once."""
+        if stopping:
+            os._exit(130)
+        stopping.append(signum)
+        import threading
+
+        def _deadline():
+            time.sleep(TERM_GRACE)
+            with contextlib.suppress(Exception):
+                sys.stderr.write("matcher: error: interrupted; clean-up took too long, exiting\n")
+                sys.stderr.flush()
+            os._exit(130)
+
+        threading.Thread(target=_deadline, name="matcher-exit-deadline", daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError, OSError):  # not the main thread
+                previous[sig] = signal.signal(sig, _terminate)
+    try:
+        try:
+            try:
+                stats = run.run()
+            finally:
+                bar.stop()
+        except MatcherError as e:  # the report (locked, not ours), Ray unavailable: one line
+            err(str(e))
+            return 2
+        except KeyboardInterrupt:
+            err(f"interrupted after {run.stats.written} files; re-run with the same --out to finish")
+            return 130
+        except OSError as e:
+            err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
+            return 2
+        stopping.append("finished")  # the report is complete: a signal from here on exits at once
+        _print_summary(stats, out, html, as_json)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, handler)
+
+
+class _DumpProgress:
+    """A rich progress bar on stderr (files, files/s, ETA), only when stderr is a terminal."""
+
+    def __init__(self):
+        self.bar = None
+        self.t0 = time.monotonic()
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("matching"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} files/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("match", total=total, rate="-")
+        elapsed = time.monotonic() - self.t0
+        rate = f"{done / elapsed:.1f}" if elapsed > 0 and done else "-"
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _print_summary(stats, out, html, as_json: bool) -> None:
+    from matcher.write.report import format_summary
+
+    text = format_summary(stats.summary)
+    text += f"\n{stats.files} entries in {stats.seconds:.1f} s"
+    if stats.resumed:
+        text += f" ({stats.resumed} already in the report)"
+    if out:
+        text += f"; report: {out}"
+    if html:
+        text += f"; HTML: {html}"
+    print(text, file=sys.stderr if as_json else sys.stdout)
 
 
 def _clean(value) -> str:

@@ -51,7 +51,8 @@ def test_sigterm_mid_dump_exits_and_releases_the_report_even_when_clean_up_hangs
         from matcher.run import dump
         from matcher.api import Matcher
 
-        dump.TERM_GRACE = 1.0
+        from matcher import cli
+        cli.TERM_GRACE = 1.0
         from matcher.run import pool
         pool.DecodePool.close = lambda self, graceful=True: time.sleep(3600)  # a wedged pool
         real = pool.decode_file
@@ -60,7 +61,7 @@ def test_sigterm_mid_dump_exits_and_releases_the_report_even_when_clean_up_hangs
             return real(*a, **k)
         pool.decode_file = slow
         m = Matcher.open({str(built_index)!r})
-        raise SystemExit(dump.cli_main([{str(many_frames)!r}], m, out={str(out)!r}, quiet=True, workers=1))
+        raise SystemExit(cli.dump_mode([{str(many_frames)!r}], m, out={str(out)!r}, quiet=True, workers=1))
         """
     )
     p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)

@@ -37,7 +37,6 @@ from matcher import config
 from matcher.decode.decoder import Limits, Task
 from matcher.decode.sources import MAX_PIXELS, Entry
 from matcher.decode.sources import walk_dump as walk
-from matcher.errors import MatcherError
 from matcher.insight import vectors as insight_vectors
 from matcher.records import aggregate, one_line, report_record, verdict_fields
 from matcher.run.pool import DecodePool, decode_in_order
@@ -153,6 +152,7 @@ class DumpRun:
         segment: int = SEGMENT,
         custody: dict | None = None,
         on_record: Callable[[dict], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
         min_confidence: float | None = None,
         fsync: bool = True,
         new_section: bool = False,
@@ -175,6 +175,7 @@ class DumpRun:
         self.decode_timeout = decode_timeout
         self.custody_extra = custody or {}
         self.on_record = on_record
+        self.progress = progress  # progress(files done, files in the dump), unless quiet
         self.min_confidence = min_confidence
         self.fsync = fsync
         self.new_section = new_section
@@ -254,39 +255,10 @@ class DumpRun:
         return info
 
     # -- progress -------------------------------------------------------------------------------------
-    def _progress_start(self, total: int) -> None:
-        self.progress = None
-        if self.quiet or not sys.stderr.isatty():
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("matching"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} files/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.progress.start()
-        self.ptask = self.progress.add_task("match", total=total, rate="-")
-
     def _advance(self) -> None:
         self.done_files += 1
-        if self.progress is not None:
-            el = time.monotonic() - self.t0
-            self.progress.update(self.ptask, advance=1, rate=f"{self.done_files / el:.1f}" if el > 0 else "-")
+        if self.progress is not None and not self.quiet:
+            self.progress(self.done_files, self.total)
 
     # -- main loop ------------------------------------------------------------------------------------
     def run(self) -> DumpStats:
@@ -297,7 +269,6 @@ class DumpRun:
         self.report = rpt.JsonlReport(self.out, fsync=self.fsync) if self.out else None
         self.csvw = None
         self.pool = None
-        self.progress = None
         ok = False
         try:
             for path, kind in ((self.csv_path, "csv"), (self.html, "html")):
@@ -326,7 +297,9 @@ class DumpRun:
             total = sum(1 for _ in walk(self.root))
             self.abspaths: dict[str, bytes] = {}  # only names that are not valid UTF-8
             entries = self._exclude_outputs(walk(self.root))
-            self._progress_start(total)
+            self.total = total
+            if self.progress is not None and not self.quiet:
+                self.progress(0, total)
             prepare = self.matcher.embedder.prepare
             self.pool = DecodePool(self.workers, self.limits, self.decode_timeout, prepare)
             self._loop(entries)
@@ -353,16 +326,11 @@ class DumpRun:
             }
             self._write(summary)
             self.stats.summary = summary
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
             if self.html:
                 self._write_html(records)
             ok = True
             return self.stats
         finally:
-            if self.progress is not None:
-                self.progress.stop()
             if self.pool is not None:
                 self.pool.close(graceful=ok)
             if self.csvw is not None:
@@ -669,122 +637,3 @@ class DumpRun:
 def run_dump(root, matcher, **kwargs) -> DumpStats:
     """Convenience wrapper: `DumpRun(root, matcher, **kwargs).run()`."""
     return DumpRun(root, matcher, **kwargs).run()
-
-
-def cli_main(
-    paths: list,
-    matcher,
-    out=None,
-    csv=None,
-    html=None,
-    every: float = DEFAULT_EVERY,
-    all_frames: bool = False,
-    quiet: bool = False,
-    workers: int | None = None,
-    min_confidence: float | None = None,
-    as_json: bool = False,
-    new_section: bool = False,
-    engine: str = "local",
-    address: str | None = None,
-) -> int:
-    """`matcher match DUMP_DIR --out ...`: run, print the summary, return the exit code.
-
-    0 when the run processed everything (per-file errors are in the report); 2 when it could not run
-    (bad dump path, report locked/unwritable); 130 when interrupted (the report keeps what was done).
-    """
-
-    def err(msg: str) -> None:
-        print(f"matcher: error: {one_line(msg)}", file=sys.stderr)
-
-    if len(paths) != 1 or not Path(paths[0]).is_dir():
-        what = paths[0] if len(paths) == 1 else f"{len(paths)} paths"
-        err(f"{what}: --out/--csv/--html take exactly one dump directory")
-        return 2
-    outputs = [os.path.realpath(p) for p in (out, csv, html) if p]
-    if len(set(outputs)) < len(outputs):
-        err("--out, --csv and --html must name three different files")
-        return 2
-    on_record = None
-    if as_json:
-        from matcher.records import json_line
-
-        def on_record(rec: dict) -> None:
-            sys.stdout.write(json_line(rec) + "\n")
-            sys.stdout.flush()
-
-    run = DumpRun(
-        paths[0],
-        matcher,
-        out=out,
-        csv=csv,
-        html=html,
-        every=every,
-        all_frames=all_frames,
-        quiet=quiet,
-        workers=workers,
-        min_confidence=min_confidence,
-        on_record=on_record,
-        new_section=new_section,
-        engine=engine,
-        address=address,
-    )
-    import signal
-
-    stopping = []
-
-    def _terminate(signum, frame):
-        """SIGTERM / SIGHUP / Ctrl-C: stop like Ctrl-C; the report is consistent at every moment
-        (one write + fsync per line), so what the clean-up cannot finish in TERM_GRACE seconds is
-        cut short: a signal that lands inside the process pool's own locks could otherwise leave the
-        process waiting forever while it holds the report lock. A second signal exits at once."""
-        if stopping:
-            os._exit(130)
-        stopping.append(signum)
-        import threading
-
-        def _deadline():
-            time.sleep(TERM_GRACE)
-            with contextlib.suppress(Exception):
-                sys.stderr.write("matcher: error: interrupted; clean-up took too long, exiting\n")
-                sys.stderr.flush()
-            os._exit(130)
-
-        threading.Thread(target=_deadline, name="matcher-exit-deadline", daemon=True).start()
-        raise KeyboardInterrupt
-
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            with contextlib.suppress(ValueError, OSError):  # not the main thread
-                previous[sig] = signal.signal(sig, _terminate)
-    try:
-        try:
-            stats = run.run()
-        except MatcherError as e:  # the report (locked, not ours), Ray unavailable: one line
-            err(str(e))
-            return 2
-        except KeyboardInterrupt:
-            err(f"interrupted after {run.stats.written} files; re-run with the same --out to finish")
-            return 130
-        except OSError as e:
-            err(f"{getattr(e, 'filename', None) or paths[0]}: {e.strerror or e}")
-            return 2
-        stopping.append("finished")  # the report is complete: a signal from here on exits at once
-        _print_summary(stats, out, html, as_json)
-        return 0
-    finally:
-        for sig, handler in previous.items():
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(sig, handler)
-
-
-def _print_summary(stats: DumpStats, out, html, as_json: bool) -> None:
-    text = rpt.format_summary(stats.summary)
-    text += f"\n{stats.files} entries in {stats.seconds:.1f} s"
-    if stats.resumed:
-        text += f" ({stats.resumed} already in the report)"
-    if out:
-        text += f"; report: {out}"
-    if html:
-        text += f"; HTML: {html}"
-    print(text, file=sys.stderr if as_json else sys.stdout)
