@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=CACHE / "animset")
     ap.add_argument("--frames", type=int, default=4000, help="training frames for the whitening")
+    ap.add_argument("--checkpoint", default="last.pt", help="which checkpoint of the run (e.g. step900.pt)")
     ap.add_argument("--install", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    st = torch.load(args.run / "last.pt", map_location="cpu")
+    st = torch.load(args.run / args.checkpoint, map_location="cpu")
     net = Net(st["arch"], st["dim"], None)
     net.load_state_dict(st["model"])
     net.eval()
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     q = devcheck.queries(args.data)
     proj_w = net.proj.weight.detach().numpy().astype(np.float64)
     proj_b = net.proj.bias.detach().numpy().astype(np.float64)
-    out_dir = args.run / "export"
+    tag = "" if args.checkpoint == "last.pt" else "-" + Path(args.checkpoint).stem
+    out_dir = args.run / f"export{tag}"
     out_dir.mkdir(exist_ok=True)
     from safetensors.numpy import save_file
 
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "arch": st["arch"],
         },
     }
-    (args.run / "export.json").write_text(json.dumps(report, indent=1))
+    (args.run / f"export{tag}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: report[k] for k in ("sha256", "bytes", "whitening_shrink", "fusion_weight")}))
     if args.install:
         anim_mod.WEIGHTS_DIR.mkdir(exist_ok=True)

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         "--freeze", type=int, default=0, help="efficientnet: stem + this many stages stay ImageNet's"
     )
     ap.add_argument("--ckpt-min", type=float, default=4.0)
+    ap.add_argument(
+        "--keep-min", type=float, default=0.0, help="also keep step<N>.pt every this many minutes (0: never)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-devcheck", action="store_true", help="skip the dev check after training")
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed * 104729 + step)
     budget = args.minutes * 60.0
     warm = 60.0  # seconds of linear warm-up
-    last_ckpt = time.perf_counter()
+    last_ckpt = last_keep = time.perf_counter()
     t_log, seen_log = time.perf_counter(), seen
     net.train()
     while elapsed < budget:
@@ -292,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             os.replace(tmp, ckpt)
             last_ckpt = time.perf_counter()
+            if args.keep_min and (last_ckpt - last_keep > args.keep_min * 60 or elapsed >= budget):
+                # earlier checkpoints stay, so the export can choose one on the dev check
+                shutil.copyfile(ckpt, args.out / f"step{step}.pt")
+                last_keep = last_ckpt
     log(args.out, f"done: {step} steps, {seen} frames, {elapsed / 60:.1f} min")
     if args.no_devcheck:
         return 0
