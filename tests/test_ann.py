@@ -127,10 +127,11 @@ def test_all_vectors_reconstruct_and_selectors():
         order = np.argsort(got)
         assert np.array_equal(got[order], ids) and np.allclose(vecs[order], x)
         assert np.allclose(ann.reconstruct(index, ids[[5, 7]]), x[[5, 7]])
-        allowed = np.ascontiguousarray(ids[:50])
-        sel = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
-        _, found = ann.search(index, x[:3], 5, sel=sel, widen=100)
+        allowed = ids[:50]
+        _, found = ann.search(index, x[:3], 5, only_ids=allowed)
         assert set(found[found >= 0].tolist()) <= set(allowed.tolist()) and found[0, 0] == ids[0]
+        _, found = ann.search(index, x[:3], 5, exclude_ids=ids[:1])
+        assert ids[0] not in found and found[0, 0] != ids[0]
 
 
 def test_store_switches_to_ivf_with_lists_on_disk(tmp_path, monkeypatch):

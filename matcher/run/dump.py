@@ -146,7 +146,7 @@ class DumpRun:
         all_frames: bool = False,
         quiet: bool = False,
         workers: int | None = None,
-        batch_size: int = 32,
+        batch_size: int = config.BATCH,
         decode_timeout: float = DEFAULT_DECODE_TIMEOUT,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         segment: int = SEGMENT,

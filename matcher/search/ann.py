@@ -262,13 +262,16 @@ def _flat_view(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def search(
-    index: faiss.Index, queries: np.ndarray, k: int, sel: faiss.IDSelector | None = None, widen: int = 1
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    only_ids: np.ndarray | None = None,
+    exclude_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (nq x k), best first; missing neighbours have id -1 and score -inf.
 
-    `sel` restricts the search to the ids a faiss IDSelector accepts (the caller keeps it alive);
-    on IVF, `widen` multiplies nprobe for such restricted searches, whose few eligible vectors may
-    sit in lists a plain search would not probe.
+    `only_ids` / `exclude_ids` restrict the search (calibration's leave-one-out); on IVF, a search
+    restricted to a few ids probes 4x the lists, where those few may sit.
     """
     faiss = _faiss()
     queries = _as_f32(queries)
@@ -276,6 +279,14 @@ def search(
     nq = len(queries)
     if index.ntotal == 0 or nq == 0:
         return (np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64))
+    sel, widen = None, 1
+    if only_ids is not None:
+        allowed = np.ascontiguousarray(only_ids, dtype=np.int64)
+        sel, widen = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed)), 4
+    elif exclude_ids is not None and len(exclude_ids):
+        excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
+        inner = faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded))
+        sel = faiss.IDSelectorNot(inner)  # `inner` and `excluded` stay alive in this frame: sel uses them
     if sel is not None:
         ivf = _ivf(index)
         if ivf is None:

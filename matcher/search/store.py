@@ -777,24 +777,12 @@ class ReferenceStore:
         """k nearest references by inner product: (similarities, ids), both (n, k); missing = -1.
 
         ``exclude_ids`` / ``only_ids`` restrict the search (calibration uses them for leave-one-out)."""
-        import faiss
-
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.count))
         if self.count == 0:
             n = len(queries)
             return np.full((n, 1), -1.0, np.float32), np.full((n, 1), -1, np.int64)
-        if only_ids is not None:
-            allowed = np.ascontiguousarray(only_ids, dtype=np.int64)
-            inner = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
-            # Few eligible vectors: an IVF index probes 4x the lists to find them.
-            return ann.search(self.index, queries, k, sel=inner, widen=4)
-        if exclude_ids is not None and len(exclude_ids):
-            excluded = np.ascontiguousarray(exclude_ids, dtype=np.int64)
-            inner = faiss.IDSelectorBatch(len(excluded), faiss.swig_ptr(excluded))  # kept alive: sel uses it
-            sel = faiss.IDSelectorNot(inner)
-            return ann.search(self.index, queries, k, sel=sel)
-        return ann.search(self.index, queries, k)
+        return ann.search(self.index, queries, k, only_ids=only_ids, exclude_ids=exclude_ids)
 
     # ---------------------------------------------------------------- writing
     def add(self, vectors: np.ndarray, refs: Sequence[Reference]) -> np.ndarray:
