@@ -78,11 +78,20 @@ class Task:
 
 
 def _reduce(im, side: int):
-    """A new RGB image (sources.to_rgb: transparency on white, 16-bit scaled) with longest side <= side."""
+    """A new RGB image (sources.to_rgb: transparency on white, 16-bit scaled), shrunk by an integer
+    factor (box average, cheap) to a longest side under 2 x side: what a segment holds in memory until
+    the embedder's transform. `_shrink` makes what leaves the worker exactly <= side."""
+    im = to_rgb(im, "<frame>")
+    k = max(im.size) // side
+    return im.reduce(k) if k >= 2 else im
+
+
+def _shrink(im, side: int):
+    """Longest side <= side (bilinear), for stills handed back as pictures (no transform, kept)."""
     from PIL import Image
 
-    im = to_rgb(im, "<frame>")
     if max(im.size) > side:
+        im = im.copy()
         im.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return im
 
@@ -365,6 +374,10 @@ def decode_file(task: Task, lim: Limits, transform=None) -> dict:
         out["thumb"] = _data_uri(out["parts"][0][1]) if out["parts"] and out["parts"][0][1] else None
         out["parts"] = []
         return out
+    if lim.keep or transform is None:  # stills handed back as pictures: exactly <= still_side
+        out["parts"] = [
+            (m, _shrink(im, lim.still_side) if im is not None else None, e) for m, im, e in out["parts"]
+        ]
     if lim.keep:  # the still itself, before the transform (calibration probes)
         for m, im, _ in out["parts"]:
             m["kept"] = im
@@ -416,7 +429,7 @@ def decode_image(image, label: str, lim: Limits, transform=None) -> dict:
         w, h = image.size
         if w * h > lim.max_pixels or w <= 0 or h <= 0:
             raise _problem(f"image is {w}x{h} pixels: empty or over the {lim.max_pixels / 1e6:.0f} Mpx limit")
-        still = _reduce(image, lim.still_side)
+        still = _shrink(_reduce(image, lim.still_side), lim.still_side)
     except ItemError as e:
         return {**out, "status": "error", "reason": e.reason}
     except Exception as e:  # noqa: BLE001 - a broken in-memory image fails alone
