@@ -40,16 +40,44 @@ def test_unknown_spec_is_a_clear_error():
         create_embedder("classic:v9")
 
 
-def test_registry_accepts_new_families():
+def test_registry_accepts_new_families_that_keep_the_protocol():
     class Mean:
         spec, dim, fingerprint, pretrained = "mean", 3, "m1", None
+        device, uses_torch, coverage = "cpu", False, None
+
+        def prepare(self, image):
+            return np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) + 1e-3
+
+        def embed_prepared(self, batch):
+            v = np.array(batch)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
 
         def embed(self, images):
-            v = np.array([np.asarray(i, dtype=np.float32).mean(axis=(0, 1)) + 1e-3 for i in images])
-            return v / np.linalg.norm(v, axis=1, keepdims=True)
+            return self.embed_prepared([self.prepare(i) for i in images])
 
     register_embedder("mean", lambda variant, **_: Mean())
     assert create_embedder("mean").embed([Image.new("RGB", (4, 4), "red")]).shape == (1, 3)
+
+    class Incomplete:
+        spec, dim, fingerprint, pretrained = "half", 3, "h1", None
+
+        def embed(self, images):
+            return np.ones((len(images), 3), np.float32)
+
+    register_embedder("half", lambda variant, **_: Incomplete())
+    with pytest.raises(EmbedderError, match="half: Incomplete lacks device, uses_torch, coverage, prepare"):
+        create_embedder("half")
+
+
+@pytest.mark.parametrize("spec", ["classic", "anim", "anim+classic"])
+def test_shipped_embedders_keep_the_protocol(spec):
+    from matcher.embed import Embedder
+
+    e = create_embedder(spec)
+    assert isinstance(e, Embedder)
+    ims = [draw_frame("Sunny Farm", 3), draw_frame("Night Patrol", 4)]
+    prepared = [e.prepare(im) for im in ims]  # what the decode workers hand the main process
+    assert np.allclose(e.embed_prepared(prepared), e.embed(ims), atol=1e-6)
 
 
 def test_classic_never_imports_torch():

@@ -58,6 +58,10 @@ class Embedder(Protocol):
         ...
 
 
+#: What every embedder has (create_embedder checks it).
+PROTOCOL = ("spec", "dim", "fingerprint", "pretrained", "device", "uses_torch", "coverage", "prepare",
+            "embed_prepared", "embed")  # fmt: skip
+
 Factory = Callable[..., Embedder]
 _FACTORIES: dict[str, Factory] = {}
 
@@ -123,7 +127,13 @@ def create_embedder(spec: str, **options) -> Embedder:
     if factory is None:
         known = ", ".join(sorted(_FACTORIES))
         raise EmbedderError(f"unknown model spec {spec!r} (known families: {known})")
-    return factory(variant or None, **options)
+    embedder = factory(variant or None, **options)
+    missing = [name for name in PROTOCOL if not hasattr(embedder, name)]
+    if missing:  # caught here, not as an AttributeError deep in a worker pool
+        raise EmbedderError(
+            f"{spec}: {type(embedder).__name__} lacks {', '.join(missing)} (see matcher.embed.Embedder)"
+        )
+    return embedder
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
