@@ -141,12 +141,24 @@ def _stored_all(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--run", type=Path)
+    ap.add_argument(
+        "--best-of", type=Path, metavar="RUN", help="print the checkpoint of RUN whose export scored best"
+    )
     ap.add_argument("--data", type=Path, default=CACHE / "animset")
     ap.add_argument("--frames", type=int, default=4000, help="training frames for the whitening")
     ap.add_argument("--checkpoint", default="last.pt", help="which checkpoint of the run (e.g. step900.pt)")
     ap.add_argument("--install", action="store_true")
     args = ap.parse_args(argv)
+    if args.best_of is not None:  # anim+classic copy + production top-1 on the dev check
+        scores = {
+            p.stem.removeprefix("export-") + ".pt": json.loads(p.read_text())["dev"]["anim+classic"]
+            for p in args.best_of.glob("export-step*.json")
+        }
+        print(max(scores, key=lambda k: scores[k]["copy/mean"] + scores[k]["prod/mean"]))
+        return 0
+    if args.run is None:
+        ap.error("--run is required")
     torch.set_num_threads(2)
     st = torch.load(args.run / args.checkpoint, map_location="cpu")
     net = Net(st["arch"], st["dim"], None)

@@ -31,7 +31,7 @@ from matcher.embed.classic import _PREPARED, _SIDE, ClassicEmbedder
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "anim-v1.safetensors"
 # sha256 of the shipped weights; train/export_anim.py prints it. A mismatch is a corrupt or altered file.
-WEIGHTS_SHA256 = "b53206659123af60b995e55bbc57eb795c102d0914d92318cd7d917492b077e2"
+WEIGHTS_SHA256 = "8246145070d21a2804b3241f579ed526530772eabecc4aa3040cb79258aee319"
 FORMAT = "matcher-anim-ops-v1"
 
 
@@ -353,4 +353,4 @@ class FusedEmbedder:
     embed_prepared = embed
 
 
-FUSION_WEIGHT = 0.3
+FUSION_WEIGHT = 0.15

@@ -90,7 +90,7 @@ def decode_and_embed(
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
         num_gpus=1 if gpus else 0,
-        num_cpus=0.5,
+        num_cpus=0.01,
     )
     for row in ds.iter_rows():
         yield tasks[int(row["key"])][0], pickle.loads(row["result"])
