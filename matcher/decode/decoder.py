@@ -33,7 +33,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 from matcher import config
 from matcher.decode import video
@@ -315,19 +314,7 @@ def decode_file(task: Task, lim: Limits, transform=None) -> dict:
     decode-side `transform` to each still. Never raises: a file that cannot be used comes back with
     `status` ("error" | "skipped") and a one-line `reason`. See the module docstring for the rest."""
     warnings.simplefilter("ignore")
-    out: dict[str, Any] = {
-        "idx": task.idx,
-        "start": task.start,
-        "sha256": task.sha256,
-        "size": None,
-        "kind": None,
-        "status": None,
-        "reason": None,
-        "parts": [],
-        "more": None,
-        "multi": False,
-        "note": None,
-    }
+    out = _result(task)
     try:
         fh, st = _open_regular(task.abspath)
         with fh:
@@ -399,12 +386,17 @@ def _data_uri(im, side: int = 160) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def failed(task: Task, reason: str) -> dict:
-    """The result of a task whose worker crashed, hung or could not run it."""
+def _result(task: Task, status: str | None = None, reason: str | None = None) -> dict:
+    """A decode result with every field present: what decode_file fills in as it goes."""
     return {
         "idx": task.idx, "start": task.start, "sha256": task.sha256, "size": None, "kind": None,
-        "status": "error", "reason": reason, "parts": [], "more": None, "multi": False, "note": None,
+        "status": status, "reason": reason, "parts": [], "more": None, "multi": False, "note": None,
     }  # fmt: skip
+
+
+def failed(task: Task, reason: str) -> dict:
+    """The result of a task whose worker crashed, hung or could not run it."""
+    return _result(task, "error", reason)
 
 
 def next_segment(task: Task, result: dict) -> Task | None:
@@ -423,8 +415,7 @@ def next_segment(task: Task, result: dict) -> Task | None:
 
 def decode_image(image, label: str, lim: Limits, transform=None) -> dict:
     """An image already in memory (the Python API) as a one-part result of decode_file."""
-    out = failed(Task(idx=0, rel=label, abspath=b""), "")
-    out.update(status=None, reason=None, kind="image")
+    out = {**_result(Task(idx=0, rel=label, abspath=b"")), "kind": "image"}
     try:
         w, h = image.size
         if w * h > lim.max_pixels or w <= 0 or h <= 0:

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from matcher import config
 from matcher.decode.decoder import Limits, Task
 from matcher.decode.sources import MAX_PIXELS, Entry
@@ -100,8 +102,6 @@ def _match_images(matcher, prepared: list, min_confidence: float | None = None, 
     if todo:
         for k, vec in zip(todo, matcher.embedder.embed_prepared([prepared[k] for k in todo]), strict=True):
             vectors[k] = vec
-    import numpy as np
-
     return list(matcher.match_vectors(np.stack(vectors), min_confidence=min_confidence))
 
 
