@@ -654,15 +654,7 @@ def bench_e2e(workdir: Path, n_index: int, n_files: int, model: str = "classic")
     shutil.copytree(ROOT / "matcher", snap / "matcher", ignore=shutil.ignore_patterns("__pycache__"))
     log(f"e2e: building a {n_index}-still {model} index")
     t = time.perf_counter()
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('benchmod', {str(Path(__file__).resolve())!r})\n"
-        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
-        f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
-        f"sys.path.insert(0, {str(snap)!r})\n"
-        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index}, model={model!r})\n"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=snap, check=True)
+    build_index_in(snap, workdir, n_index, model)
     index = workdir / "index"
     res: dict = {"n_index": n_index, "build_s": time.perf_counter() - t, "model": model}
     cel = workdir / "cel.png"
@@ -724,6 +716,20 @@ def report_e2e(res: dict) -> str:
 # pipeline: before/after of the one-pipeline redesign (issue 16), interleaved in one run
 
 
+def build_index_in(tree: Path, workdir: Path, n_index: int, model: str = "classic") -> None:
+    """build_classic_index in a child process that imports matcher from `tree` (a snapshot of this
+    checkout or of a baseline), writing workdir/index."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('benchmod', {str(Path(__file__).resolve())!r})\n"
+        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
+        f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
+        f"sys.path.insert(0, {str(tree)!r})\n"
+        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index}, model={model!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tree, check=True)
+
+
 def _snapshot(src: Path, dest: Path) -> Path:
     import shutil
 
@@ -741,15 +747,7 @@ def bench_pipeline(workdir: Path, baseline: Path | None, n_index: int, n_files: 
         trees = {"before": _snapshot(baseline, workdir / "before"), **trees}
     first = next(iter(trees.values()))
     log(f"pipeline: building a {n_index}-still classic index")
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('benchmod', {str(Path(__file__).resolve())!r})\n"
-        "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
-        f"sys.path = [p for p in sys.path if p != {str(ROOT)!r}]\n"
-        f"sys.path.insert(0, {str(first)!r})\n"
-        f"b.build_classic_index(b.Path({str(workdir)!r}), {n_index})\n"
-    )
-    subprocess.run([sys.executable, "-c", code], cwd=first, check=True)
+    build_index_in(first, workdir, n_index)
     index = workdir / "index"
     cel = workdir / "cel.png"
     draw_still(np.random.default_rng(123), (1920, 1080)).save(cel)
