@@ -38,7 +38,6 @@ def _max_pixels_from_env() -> tuple[int, str | None]:
 
 
 MAX_PIXELS, MAX_PIXELS_PROBLEM = _max_pixels_from_env()
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv"}
 
 # Magic numbers: (offset, bytes, kind). Video containers are recognised here, images mostly by Pillow.
 _MAGIC = [
